@@ -1,0 +1,273 @@
+"""Branch masks: sampling K-hot connectivity and the straight-through aggregation.
+
+This module implements the mask machinery of MaskConnect (Ahmed & Torresani,
+"Connectivity learning in multi-branch networks", Sec. 2.2 and Algorithm 1).
+
+A module ``i >= 2`` of a multi-branch network has ``C`` blocks; block ``j`` reads
+the outputs ``y_k`` of the ``C`` blocks of module ``i - 1`` through a binary mask
+row ``m[j] in {0, 1}^C`` with exactly ``K`` ones (the *fan-in*)::
+
+    x_j = sum_k m[j, k] * y_k                                   (paper Eq. 2)
+
+The binary rows are drawn from real-valued rows ``m~[j] in [0, 1]^C`` that are the
+trainable parameters. Masks are arrays of shape ``[..., C_out, C_in]``: the last
+axis indexes the *inputs* of a block (a row), the one before it the blocks. Any
+leading axes (e.g. ``[modules, C, C]``) are batch axes.
+
+Every function here is pure; all randomness comes from an explicit key.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+__all__ = [
+    "aggregate",
+    "full",
+    "inclusion_probabilities",
+    "mean_entropy",
+    "random_k_hot",
+    "sample",
+    "top_k",
+]
+
+# Probabilities below this floor are raised to it before taking logs, so that a
+# zero entry gets a finite logit (about -87 in float32). A zero entry is then
+# drawn only after every positive entry of its row, and zero entries tie-break
+# uniformly among themselves: rows with fewer than K positive entries (or none)
+# still give K distinct valid indices and never NaN.
+_PROB_FLOOR = float(jnp.finfo(jnp.float32).tiny)
+
+
+def _check_k(k: int, num_inputs: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be a Python int, got {type(k).__name__}")
+    if not 1 <= k <= num_inputs:
+        raise ValueError(f"k must satisfy 1 <= k <= C_in = {num_inputs}, got k={k}")
+
+
+def _check_masks(real_masks: Array, name: str = "real_masks") -> None:
+    if jnp.ndim(real_masks) < 2:
+        raise ValueError(
+            f"{name} must have shape [..., C_out, C_in] (at least 2 axes), "
+            f"got shape {jnp.shape(real_masks)}"
+        )
+
+
+def _indices_to_k_hot(indices: Array, num_inputs: int, dtype) -> Array:
+    # [..., K] distinct indices -> [..., C_in] with ones at those indices.
+    return jax.nn.one_hot(indices, num_inputs, dtype=dtype).sum(axis=-2)
+
+
+def _row_log_probs(real_masks: Array) -> Array:
+    """Log of each row normalised to sum 1 (Alg. 1, step 1), floored."""
+    weights = jnp.clip(real_masks.astype(jnp.float32), 0.0, None)
+    totals = weights.sum(axis=-1, keepdims=True)
+    num_inputs = real_masks.shape[-1]
+    # An all-zero row is treated as uniform.
+    probs = jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 1.0 / num_inputs)
+    return jnp.log(jnp.maximum(probs, _PROB_FLOOR))
+
+
+def sample(key: Array, real_masks: Array, k: int) -> Array:
+    """Draws K-hot binary masks from real-valued masks (MaskConnect forward step).
+
+    Each row of ``real_masks`` is normalised to sum 1 and ``k`` *distinct* indices
+    are drawn from that categorical distribution without replacement (successive
+    draws, each renormalised over the indices not yet taken), exactly as
+    Algorithm 1 of the paper. This is implemented with the Gumbel-top-k trick:
+    one vectorised draw for all rows, no Python loop over modules or blocks.
+
+    Args:
+      key: a PRNG key. The same key and masks give the same draw.
+      real_masks: ``[..., C_out, C_in]`` real-valued masks, entries expected in
+        ``[0, 1]`` (negative entries are treated as 0). Any float dtype.
+      k: the fan-in, a Python int with ``1 <= k <= C_in``.
+
+    Returns:
+      An array of the shape and dtype of ``real_masks`` whose rows hold exactly
+      ``k`` ones and ``C_in - k`` zeros. Rows with fewer than ``k`` positive
+      entries (including all-zero rows) take every positive entry and fill the
+      rest uniformly from the zero entries; all-zero rows are uniform. Never NaN.
+    """
+    _check_masks(real_masks)
+    num_inputs = real_masks.shape[-1]
+    _check_k(k, num_inputs)
+    log_probs = _row_log_probs(real_masks)
+    gumbel = jax.random.gumbel(key, log_probs.shape, dtype=jnp.float32)
+    _, indices = jax.lax.top_k(log_probs + gumbel, k)
+    return _indices_to_k_hot(indices, num_inputs, real_masks.dtype)
+
+
+def top_k(real_masks: Array, k: int) -> Array:
+    """The ``k`` largest entries of each row as a K-hot mask (frozen connectivity).
+
+    Used from phase 2 on, when each block's connectivity is fixed to its ``k``
+    largest real-valued entries (paper Sec. 2.2). Ties go to the lower index.
+
+    Args:
+      real_masks: ``[..., C_out, C_in]`` real-valued masks.
+      k: a Python int with ``1 <= k <= C_in``.
+
+    Returns:
+      An array of the shape and dtype of ``real_masks`` with exactly ``k`` ones
+      per row.
+    """
+    _check_masks(real_masks)
+    num_inputs = real_masks.shape[-1]
+    _check_k(k, num_inputs)
+    # lax.top_k orders equal values by index, lower first.
+    _, indices = jax.lax.top_k(real_masks, k)
+    return _indices_to_k_hot(indices, num_inputs, real_masks.dtype)
+
+
+def random_k_hot(
+    key: Array, shape: tuple[int, ...], k: int, *, dtype=jnp.float32
+) -> Array:
+    """Uniformly random K-hot masks: the fixed connectivity of ``random`` mode.
+
+    Each row independently takes ``k`` distinct indices, uniformly at random
+    ("Fixed-Random" in the paper's Tables 1 and 4).
+
+    Args:
+      key: a PRNG key.
+      shape: ``(..., C_out, C_in)``.
+      k: a Python int with ``1 <= k <= C_in``.
+      dtype: dtype of the result.
+
+    Returns:
+      An array of ``shape`` and ``dtype`` with exactly ``k`` ones per row.
+    """
+    return sample(key, jnp.ones(shape, dtype), k)
+
+
+def full(shape: tuple[int, ...], *, dtype=jnp.float32) -> Array:
+    """All-ones masks (``K = C``): every block reads every branch.
+
+    Note that a network of per-block inputs with all-ones masks is *not* the
+    ResNeXt module (each block keeps its own identity path); use the ``full``
+    connectivity mode of :mod:`mcjax.models` for ResNeXt.
+    """
+    return jnp.ones(shape, dtype)
+
+
+@jax.custom_vjp
+def aggregate(real_masks: Array, binary_masks: Array, branch_outputs: Array) -> Array:
+    """Mixes branch outputs through binary masks, with a straight-through gradient.
+
+    Forward (paper Eq. 2): ``out[j] = sum_k binary_masks[j, k] * branch_outputs[k]``.
+
+    Backward (paper Sec. 2.2, as in BinaryConnect): with ``g = d loss / d out``,
+
+    * ``real_masks`` receives ``<g[j], branch_outputs[k]>`` (the gradient with
+      respect to the *binary* entry, summed over every other axis), so that the
+      real-valued masks are what the optimizer updates;
+    * ``branch_outputs`` receives ``sum_j binary_masks[j, k] * g[j]``;
+    * ``binary_masks`` receives zero.
+
+    Passing the real-valued masks as ``binary_masks`` as well (the paper's
+    real-valued ablation) gives the exact gradient of ``real_masks @ y``.
+
+    Args:
+      real_masks: ``[C_out, C_in]`` real-valued masks (only their gradient is used).
+      binary_masks: ``[C_out, C_in]`` masks used in the forward pass.
+      branch_outputs: ``[C_in, ...]``, the branch axis first, any dtype.
+
+    Returns:
+      ``[C_out, ...]`` in the dtype of ``branch_outputs``.
+    """
+    return _mix(binary_masks, branch_outputs)
+
+
+def _mix(binary_masks: Array, branch_outputs: Array) -> Array:
+    if binary_masks.ndim != 2:
+        raise ValueError(f"masks must be [C_out, C_in], got shape {binary_masks.shape}")
+    if binary_masks.shape[1] != branch_outputs.shape[0]:
+        raise ValueError(
+            f"masks have C_in={binary_masks.shape[1]} inputs but branch_outputs has "
+            f"{branch_outputs.shape[0]} branches on its first axis"
+        )
+    flat = branch_outputs.reshape(branch_outputs.shape[0], -1)
+    out = jnp.matmul(
+        binary_masks.astype(branch_outputs.dtype), flat, preferred_element_type=jnp.float32
+    )
+    return out.astype(branch_outputs.dtype).reshape(
+        (binary_masks.shape[0],) + branch_outputs.shape[1:]
+    )
+
+
+def _aggregate_fwd(real_masks, binary_masks, branch_outputs):
+    if real_masks.shape != binary_masks.shape:
+        raise ValueError(
+            f"real_masks {real_masks.shape} and binary_masks {binary_masks.shape} "
+            "must have the same shape"
+        )
+    return _mix(binary_masks, branch_outputs), (real_masks, binary_masks, branch_outputs)
+
+
+def _aggregate_bwd(residuals, g):
+    real_masks, binary_masks, branch_outputs = residuals
+    flat_g = g.reshape(g.shape[0], -1)
+    flat_y = branch_outputs.reshape(branch_outputs.shape[0], -1)
+    # All C_out x C_in inner products <g_j, y_k> in one contraction.
+    d_real = jnp.matmul(flat_g, flat_y.T, preferred_element_type=jnp.float32)
+    d_outputs = jnp.matmul(
+        binary_masks.astype(g.dtype).T, flat_g, preferred_element_type=jnp.float32
+    )
+    return (
+        d_real.astype(real_masks.dtype),
+        jnp.zeros_like(binary_masks),
+        d_outputs.astype(branch_outputs.dtype).reshape(branch_outputs.shape),
+    )
+
+
+aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
+
+
+def inclusion_probabilities(real_masks: Array, k: int) -> Array:
+    """Exact probability that each entry is among the ``k`` drawn by :func:`sample`.
+
+    Computed by enumerating all ordered draws, so it costs ``O(C!/(C-k)!)`` per
+    row: meant for tests and small ``C`` (``C <= 8``). Rows are normalised and
+    floored exactly as in :func:`sample`.
+
+    Args:
+      real_masks: ``[..., C_out, C_in]``.
+      k: the fan-in.
+
+    Returns:
+      ``[..., C_out, C_in]`` float32 probabilities; each row sums to ``k``.
+    """
+    import itertools
+
+    import numpy as np
+
+    _check_masks(real_masks)
+    num_inputs = real_masks.shape[-1]
+    _check_k(k, num_inputs)
+    probs = np.exp(np.asarray(_row_log_probs(real_masks), np.float64))
+    probs = probs / probs.sum(axis=-1, keepdims=True)
+    flat = probs.reshape(-1, num_inputs)
+    result = np.zeros_like(flat)
+    for row, p in enumerate(flat):
+        for seq in itertools.permutations(range(num_inputs), k):
+            prob, left = 1.0, 1.0
+            for index in seq:
+                prob *= p[index] / left
+                left -= p[index]
+            result[row, list(seq)] += prob
+    return jnp.asarray(result.reshape(probs.shape), jnp.float32)
+
+
+def mean_entropy(real_masks: Array) -> Array:
+    """Mean entropy (nats) of the rows normalised to distributions.
+
+    ``log(C_in)`` for uniform rows, 0 for one-hot rows: a summary of how decided
+    the connectivity is, logged during training.
+    """
+    _check_masks(real_masks)
+    log_probs = _row_log_probs(real_masks)
+    return -(jnp.exp(log_probs) * log_probs).sum(axis=-1).mean()

@@ -1,0 +1,273 @@
+"""Whole networks: ``stem -> L multi-branch modules -> head`` (DESIGN §1).
+
+A :class:`Network` is a static, hashable description (architecture, classes,
+connectivity mode, fan-in, aggregation, branch formulation, compute dtype).
+:func:`init` makes its variables and :func:`apply` runs it::
+
+    net = mcjax.Network(mcjax.get_architecture("20,4,8"), num_classes=100)
+    variables = mcjax.init(jax.random.key(0), net)
+    binary = mcjax.masks.sample(key, variables["params"]["masks"], net.fan_in)
+    logits, batch_stats = mcjax.apply(
+        net, variables["params"], variables["batch_stats"], images,
+        connectivity=binary, train=True)
+
+Connectivity modes (``Network.connectivity``):
+
+* ``"learned"``: MaskConnect. ``params["masks"]`` holds the real-valued masks
+  ``[L-1, C, C]``; each step feeds K-hot masks sampled from them (or, once
+  frozen, their top-K) and the gradient reaches them straight-through.
+* ``"full"``: the exact ResNeXt module on one stream (``connectivity=None``).
+* ``"random"``: K-hot masks drawn once at init (``variables["connectivity"]``).
+* ``"real"``: the real-valued masks themselves in forward and backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mcjax import blocks, layers, masks
+from mcjax.architectures import Architecture
+
+Array = jax.Array
+
+CONNECTIVITIES = ("learned", "full", "random", "real")
+AGGREGATIONS = ("sum", "mean")
+
+__all__ = [
+    "AGGREGATIONS",
+    "CONNECTIVITIES",
+    "Network",
+    "apply",
+    "forward_connectivity",
+    "init",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """Static description of a network (hashable: usable as a ``jit`` static arg).
+
+    Attributes:
+      arch: the :class:`~mcjax.architectures.Architecture`.
+      num_classes: outputs of the head.
+      in_channels: channels of the input images.
+      connectivity: one of :data:`CONNECTIVITIES`.
+      fan_in: K, active inputs per block (``1 <= K <= C``); ignored by ``full``.
+      aggregation: ``"sum"`` (the paper: ``x_j = sum_k m[j,k] y_k``) or ``"mean"``
+        (divided by K, so the identity path does not grow K-fold per module; the
+        head then averages the last module's outputs instead of summing them).
+        ``full`` has one stream and ignores it.
+      branch_impl: formulation of the C branches, see :data:`mcjax.blocks.BRANCH_IMPLS`.
+      mask_init: initial value of every real-valued mask entry (DESIGN §2).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    """
+
+    arch: Architecture
+    num_classes: int
+    in_channels: int = 3
+    connectivity: str = "learned"
+    fan_in: int = 4
+    aggregation: str = "sum"
+    branch_impl: str = "auto"
+    mask_init: float = 0.5
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.connectivity not in CONNECTIVITIES:
+            raise ValueError(
+                f"connectivity must be one of {CONNECTIVITIES}, got {self.connectivity!r}"
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
+            )
+        blocks.resolve_branch_impl(self.branch_impl)
+        if self.connectivity != "full":
+            for shape in self.arch.mask_shapes:
+                if not 1 <= self.fan_in <= shape[1]:
+                    raise ValueError(
+                        f"fan_in K must satisfy 1 <= K <= C = {shape[1]}, got {self.fan_in}"
+                    )
+        if not 0.0 <= self.mask_init <= 1.0:
+            raise ValueError(f"mask_init must lie in [0, 1], got {self.mask_init}")
+        if self.num_classes < 1 or self.in_channels < 1:
+            raise ValueError("num_classes and in_channels must be positive")
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether ``params`` holds trainable real-valued masks."""
+        return self.connectivity in ("learned", "real")
+
+    @property
+    def masks_shape(self) -> tuple[int, int, int]:
+        """``[L-1, C, C]`` of the stacked masks (unpruned networks)."""
+        shapes = set(self.arch.mask_shapes)
+        if len(shapes) != 1:
+            raise ValueError("stacked masks need the same cardinality in every module")
+        (c_out, c_in), = shapes
+        return (self.arch.num_modules - 1, c_out, c_in)
+
+
+def init(key: Array, net: Network) -> dict:
+    """Initial variables of ``net``.
+
+    Returns:
+      ``{"params", "batch_stats", "connectivity"}``. ``params`` has ``stem``,
+      ``modules`` (a list, see :func:`mcjax.blocks.init_module`), ``head``
+      (``kernel [c, classes]`` zero-initialised, ``bias``) and, for ``learned``
+      and ``real``, ``masks [L-1, C, C]`` filled with ``net.mask_init``.
+      ``connectivity`` is the fixed K-hot ``[L-1, C, C]`` of ``random`` mode,
+      else ``None``.
+    """
+    arch = net.arch
+    k_stem, k_modules, k_random = jax.random.split(key, 3)
+    stem_size = 7 if arch.stem == "imagenet" else 3
+    bn_params, bn_stats = layers.bn_init((arch.stem_channels,))
+    params = {
+        "stem": {
+            "conv": layers.he_normal(
+                k_stem, (stem_size, stem_size, net.in_channels, arch.stem_channels)
+            ),
+            "bn": bn_params,
+        },
+        "modules": [],
+        # A zero head gives uniform logits at init however large the features.
+        "head": {
+            "kernel": jnp.zeros((arch.out_channels, net.num_classes), jnp.float32),
+            "bias": jnp.zeros((net.num_classes,), jnp.float32),
+        },
+    }
+    batch_stats = {"stem": {"bn": bn_stats}, "modules": []}
+    for module_key, spec in zip(
+        jax.random.split(k_modules, arch.num_modules), arch.modules, strict=True
+    ):
+        p, s = blocks.init_module(module_key, spec)
+        params["modules"].append(p)
+        batch_stats["modules"].append(s)
+    connectivity = None
+    if net.has_masks:
+        params["masks"] = jnp.full(net.masks_shape, net.mask_init, jnp.float32)
+    if net.connectivity == "random":
+        connectivity = masks.random_k_hot(k_random, net.masks_shape, net.fan_in)
+    return {"params": params, "batch_stats": batch_stats, "connectivity": connectivity}
+
+
+def forward_connectivity(
+    net: Network,
+    params: dict,
+    *,
+    key: Array | None = None,
+    fixed: Array | Sequence[Array] | None = None,
+) -> Array | Sequence[Array] | None:
+    """The masks one forward pass uses, by mode (paper Alg. 1 / DESIGN §2).
+
+    * ``full``: ``None``.
+    * ``learned``: ``fixed`` (the frozen top-K, phases 2-4) when given, else a
+      fresh K-hot sample of ``params["masks"]`` drawn with ``key`` (phase 1).
+    * ``random``: ``fixed`` (the draw made at init).
+    * ``real``: ``params["masks"]``.
+    """
+    if net.connectivity == "full":
+        return None
+    if net.connectivity == "real":
+        return params["masks"]
+    if fixed is not None:
+        return fixed
+    if net.connectivity == "random":
+        raise ValueError("random connectivity needs the fixed masks drawn at init")
+    if key is None:
+        raise ValueError("learned connectivity needs a key to sample masks, or fixed masks")
+    return masks.sample(key, params["masks"], net.fan_in)
+
+
+def _stem(net: Network, params, stats, x, *, train, axis_name):
+    stride = 2 if net.arch.stem == "imagenet" else 1
+    x = layers.conv2d(x, params["conv"], stride=stride)
+    x, bn_stats = layers.batch_norm(
+        x, params["bn"], stats["bn"], axes=(0, 1, 2), train=train, axis_name=axis_name
+    )
+    x = jax.nn.relu(x)
+    if net.arch.stem in ("imagenet", "cifar_maxpool"):
+        x = layers.max_pool(x, window=3, stride=2)
+    return x, {"bn": bn_stats}
+
+
+def apply(
+    net: Network,
+    params: dict,
+    batch_stats: dict,
+    images: Array,
+    *,
+    connectivity: Array | Sequence[Array] | None,
+    train: bool,
+    axis_name: str | None = None,
+) -> tuple[Array, dict]:
+    """Runs the network.
+
+    Args:
+      net: the static description.
+      params: as from :func:`init` (or :func:`mcjax.prune.prune`).
+      batch_stats: BN running statistics.
+      images: ``[N, H, W, in_channels]``, any float dtype (cast to ``net.dtype``).
+      connectivity: ``None`` for ``full``; otherwise the masks of modules
+        ``2..L``, as ``[L-1, C, C]`` or a sequence of ``[C_i, C_{i-1}]`` (see
+        :func:`forward_connectivity`). When ``params`` has ``masks``, their
+        gradient is the straight-through one of :func:`mcjax.masks.aggregate`.
+      train: batch statistics and updated running statistics when True.
+      axis_name: mapped axis for synchronised BN statistics, if any.
+
+    Returns:
+      ``(logits [N, num_classes] float32, new_batch_stats)``.
+    """
+    arch = net.arch
+    if images.ndim != 4 or images.shape[-1] != net.in_channels:
+        raise ValueError(
+            f"images must be [N, H, W, {net.in_channels}], got shape {images.shape}"
+        )
+    if (connectivity is None) != (net.connectivity == "full"):
+        raise ValueError(
+            f"connectivity mode {net.connectivity!r} needs "
+            + ("connectivity=None" if net.connectivity == "full" else "connectivity masks")
+        )
+    if connectivity is not None and len(connectivity) != arch.num_modules - 1:
+        raise ValueError(
+            f"need masks for {arch.num_modules - 1} modules, got {len(connectivity)}"
+        )
+    common = dict(train=train, impl=net.branch_impl, axis_name=axis_name)
+    x, stem_stats = _stem(
+        net, params["stem"], batch_stats["stem"], images.astype(net.dtype),
+        train=train, axis_name=axis_name,
+    )
+    new_stats = {"stem": stem_stats, "modules": []}
+    real_masks = params.get("masks")
+
+    for index, (spec, p, s) in enumerate(
+        zip(arch.modules, params["modules"], batch_stats["modules"], strict=True)
+    ):
+        if connectivity is None:
+            x, s = blocks.resnext_module(p, s, x, stride=spec.stride, **common)
+        else:
+            if index > 0:
+                binary = connectivity[index - 1]
+                if binary.shape != (spec.cardinality, x.shape[0]):
+                    raise ValueError(
+                        f"module {index + 1}: masks of shape {binary.shape}, expected "
+                        f"{(spec.cardinality, x.shape[0])}"
+                    )
+                real = binary if real_masks is None else real_masks[index - 1]
+                x = masks.aggregate(real, binary.astype(real.dtype), x)
+                if net.aggregation == "mean":
+                    x = x / jnp.asarray(net.fan_in, x.dtype)
+            x, s = blocks.multi_branch_module(p, s, x, stride=spec.stride, **common)
+        new_stats["modules"].append(s)
+
+    if connectivity is not None:
+        x = x.mean(axis=0) if net.aggregation == "mean" else x.sum(axis=0)
+    features = x.astype(jnp.float32).mean(axis=(1, 2))
+    logits = features @ params["head"]["kernel"] + params["head"]["bias"]
+    return logits, new_stats

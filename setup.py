@@ -1,0 +1,33 @@
+"""mcjax: MaskConnect (connectivity learning in multi-branch networks) in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mcjax",
+    version="0.1.0",
+    description="MaskConnect: learning the connectivity of multi-branch networks, in JAX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mcjax", "mcjax.*"]),
+    install_requires=[
+        "absl-py>=1.0",
+        "jax>=0.6",
+        "numpy>=1.24",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml_collections>=0.1.1",
+        "scikit-learn>=1.2",
+        "matplotlib>=3.6",
+        "pillow>=9.0",
+        "tensorboardX>=2.6",
+        # CIFAR and ImageNet through tensorflow-datasets without TensorFlow:
+        # array_record data sources; tfds does not declare importlib_resources.
+        "tensorflow-datasets>=4.9",
+        "array_record>=0.5",
+        "importlib_resources>=5.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "chex>=0.1.86", "ruff>=0.5"],
+    },
+)
