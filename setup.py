@@ -1,12 +1,14 @@
 """mcjax: MaskConnect (connectivity learning in multi-branch networks) in JAX."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 setup(
     name="mcjax",
     version="0.1.0",
     description="MaskConnect: learning the connectivity of multi-branch networks, in JAX",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mcjax", "mcjax.*"]),

@@ -1,0 +1,43 @@
+"""mcjax: MaskConnect in JAX — learning which branches feed each block of a multi-branch network.
+
+Public API (see each module's docstring):
+
+* :mod:`mcjax.masks`: ``sample``, ``top_k``, ``aggregate`` (straight-through
+  ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``;
+* :mod:`mcjax.blocks`: the bottleneck block and module as pure functions;
+* :mod:`mcjax.models`: ``Network``, ``init``, ``apply``, ``forward_connectivity``;
+* :mod:`mcjax.architectures`: ``get_architecture`` for every network of the paper;
+* :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``), ``mask_sgd``,
+  ``weight_sgd``, ``clip_params``, ``piecewise_constant``;
+* :mod:`mcjax.prune`: ``live_blocks``, ``prune``;
+* :mod:`mcjax.costs`: parameter and FLOP counts.
+"""
+
+from mcjax import architectures, blocks, costs, layers, masks, models, optim, prune
+from mcjax.architectures import Architecture, ModuleSpec, get_architecture
+from mcjax.models import Network, apply, forward_connectivity, init
+from mcjax.optim import maskconnect
+from mcjax.prune import PrunedModel, live_blocks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Architecture",
+    "ModuleSpec",
+    "Network",
+    "PrunedModel",
+    "apply",
+    "architectures",
+    "blocks",
+    "costs",
+    "forward_connectivity",
+    "get_architecture",
+    "init",
+    "layers",
+    "live_blocks",
+    "maskconnect",
+    "masks",
+    "models",
+    "optim",
+    "prune",
+]

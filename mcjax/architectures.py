@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["Architecture", "ModuleSpec", "STEMS", "get_architecture", "PAPER_ARCHITECTURES"]
+__all__ = ["PAPER_ARCHITECTURES", "STEMS", "Architecture", "ModuleSpec", "get_architecture"]
 
 STEMS = ("cifar", "cifar_maxpool", "imagenet")
 
@@ -117,9 +117,7 @@ class Architecture:
         """The same network with ``cardinalities[i]`` branches in module ``i``."""
         cardinalities = tuple(int(c) for c in cardinalities)
         if len(cardinalities) != len(self.modules):
-            raise ValueError(
-                f"need {len(self.modules)} cardinalities, got {len(cardinalities)}"
-            )
+            raise ValueError(f"need {len(self.modules)} cardinalities, got {len(cardinalities)}")
         if min(cardinalities) < 1:
             raise ValueError(f"every module needs at least one branch, got {cardinalities}")
         modules = tuple(
@@ -159,7 +157,12 @@ def _cifar(depth: int, width: int, cardinality: int, stem: str, name: str) -> Ar
     else:
         stem_channels, outs = 16, (64, 128, 256)
     stem_channels, modules = _stages(
-        stem, stem_channels, (per_stage,) * 3, (width, 2 * width, 4 * width), outs, (1, 2, 2),
+        stem,
+        stem_channels,
+        (per_stage,) * 3,
+        (width, 2 * width, 4 * width),
+        outs,
+        (1, 2, 2),
         cardinality,
     )
     return Architecture(name=name, stem=stem, stem_channels=stem_channels, modules=modules)
@@ -173,8 +176,12 @@ def _imagenet(layers: int, cardinality: int, width: int, stem: str, name: str) -
         )
     # ResNeXt's "Cxwd": w is the width of one branch in the first stage.
     stem_channels, modules = _stages(
-        stem, 64, _IMAGENET_STAGES[layers],
-        (width, 2 * width, 4 * width, 8 * width), (256, 512, 1024, 2048), (1, 2, 2, 2),
+        stem,
+        64,
+        _IMAGENET_STAGES[layers],
+        (width, 2 * width, 4 * width, 8 * width),
+        (256, 512, 1024, 2048),
+        (1, 2, 2, 2),
         cardinality,
     )
     return Architecture(name=name, stem=stem, stem_channels=stem_channels, modules=modules)
@@ -204,7 +211,8 @@ def get_architecture(name: str, *, stem: str | None = None) -> Architecture:
     else:
         raise ValueError(
             f"unknown architecture {name!r}: use 'D,w,C' (e.g. '29,8,8') or "
-            f"'resnext{{50,101,152}}_{{C}}x{{w}}d'; the paper's are {', '.join(PAPER_ARCHITECTURES)}"
+            f"'resnext{{50,101,152}}_{{C}}x{{w}}d'; the paper's are "
+            + ", ".join(PAPER_ARCHITECTURES)
         )
     if min(width, cardinality) < 1:
         raise ValueError(f"architecture {name!r}: width and cardinality must be >= 1")

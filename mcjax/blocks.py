@@ -41,8 +41,8 @@ __all__ = [
     "BRANCH_IMPLS",
     "init_module",
     "multi_branch_module",
-    "resnext_module",
     "residual_functions",
+    "resnext_module",
     "resolve_branch_impl",
     "shortcut",
 ]
@@ -162,14 +162,22 @@ def residual_functions(
 
     if impl == "grouped":
         # Work in the grouped layout [N,H,W,C*c], where per-branch BN is per-channel BN.
-        h = _fused_first_conv(x, params["conv1"]) if shared else _grouped_conv(
-            _to_grouped(x), params["conv1"], 1
+        h = (
+            _fused_first_conv(x, params["conv1"])
+            if shared
+            else _grouped_conv(_to_grouped(x), params["conv1"], 1)
         )
-        h, new_stats["bn1"] = layers.batch_norm(h, params["bn1"], stats["bn1"], axes=(0, 1, 2), **bn)
+        h, new_stats["bn1"] = layers.batch_norm(
+            h, params["bn1"], stats["bn1"], axes=(0, 1, 2), **bn
+        )
         h = _grouped_conv(jax.nn.relu(h), params["conv2"], stride)
-        h, new_stats["bn2"] = layers.batch_norm(h, params["bn2"], stats["bn2"], axes=(0, 1, 2), **bn)
+        h, new_stats["bn2"] = layers.batch_norm(
+            h, params["bn2"], stats["bn2"], axes=(0, 1, 2), **bn
+        )
         h = _grouped_conv(jax.nn.relu(h), params["conv3"], 1)
-        h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], axes=(0, 1, 2), **bn)
+        h, new_stats["bn3"] = layers.batch_norm(
+            h, params["bn3"], stats["bn3"], axes=(0, 1, 2), **bn
+        )
         return _from_grouped(h, c), new_stats
 
     # Branch layout [C,N,H,W,c]; BN reduces over N, H, W per branch and channel.
@@ -205,10 +213,14 @@ def shortcut(
             raise ValueError("an identity shortcut cannot have stride > 1")
         return x, stats
     lead = x.shape[:-3]
-    flat = x.reshape((-1,) + x.shape[-3:])
+    flat = x.reshape((-1, *x.shape[-3:]))
     s = layers.conv2d(flat, params["shortcut"]["conv"], stride=stride)
     s, bn_stats = layers.batch_norm(
-        s, params["shortcut"]["bn"], stats["shortcut"]["bn"], axes=(0, 1, 2), train=train,
+        s,
+        params["shortcut"]["bn"],
+        stats["shortcut"]["bn"],
+        axes=(0, 1, 2),
+        train=train,
         axis_name=axis_name,
     )
     new_stats = dict(stats)

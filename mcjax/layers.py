@@ -30,9 +30,7 @@ def he_normal(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
     return std * jax.random.normal(key, shape, dtype)
 
 
-def conv2d(
-    x: Array, kernel: Array, *, stride: int = 1, feature_group_count: int = 1
-) -> Array:
+def conv2d(x: Array, kernel: Array, *, stride: int = 1, feature_group_count: int = 1) -> Array:
     """2-D convolution, ``x: [N, H, W, C_in]``, ``kernel: [kh, kw, C_in / groups, C_out]``.
 
     Output ``[N, ceil(H / stride), ceil(W / stride), C_out]`` for odd kernels,

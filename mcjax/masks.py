@@ -124,9 +124,7 @@ def top_k(real_masks: Array, k: int) -> Array:
     return _indices_to_k_hot(indices, num_inputs, real_masks.dtype)
 
 
-def random_k_hot(
-    key: Array, shape: tuple[int, ...], k: int, *, dtype=jnp.float32
-) -> Array:
+def random_k_hot(key: Array, shape: tuple[int, ...], k: int, *, dtype=jnp.float32) -> Array:
     """Uniformly random K-hot masks: the fixed connectivity of ``random`` mode.
 
     Each row independently takes ``k`` distinct indices, uniformly at random
@@ -195,7 +193,7 @@ def _mix(binary_masks: Array, branch_outputs: Array) -> Array:
         binary_masks.astype(branch_outputs.dtype), flat, preferred_element_type=jnp.float32
     )
     return out.astype(branch_outputs.dtype).reshape(
-        (binary_masks.shape[0],) + branch_outputs.shape[1:]
+        (binary_masks.shape[0], *branch_outputs.shape[1:])
     )
 
 

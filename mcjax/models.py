@@ -83,9 +83,7 @@ class Network:
                 f"connectivity must be one of {CONNECTIVITIES}, got {self.connectivity!r}"
             )
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
-            )
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         blocks.resolve_branch_impl(self.branch_impl)
         if self.connectivity != "full":
             for shape in self.arch.mask_shapes:
@@ -109,7 +107,7 @@ class Network:
         shapes = set(self.arch.mask_shapes)
         if len(shapes) != 1:
             raise ValueError("stacked masks need the same cardinality in every module")
-        (c_out, c_in), = shapes
+        ((c_out, c_in),) = shapes
         return (self.arch.num_modules - 1, c_out, c_in)
 
 
@@ -226,22 +224,22 @@ def apply(
     """
     arch = net.arch
     if images.ndim != 4 or images.shape[-1] != net.in_channels:
-        raise ValueError(
-            f"images must be [N, H, W, {net.in_channels}], got shape {images.shape}"
-        )
+        raise ValueError(f"images must be [N, H, W, {net.in_channels}], got shape {images.shape}")
     if (connectivity is None) != (net.connectivity == "full"):
         raise ValueError(
             f"connectivity mode {net.connectivity!r} needs "
             + ("connectivity=None" if net.connectivity == "full" else "connectivity masks")
         )
     if connectivity is not None and len(connectivity) != arch.num_modules - 1:
-        raise ValueError(
-            f"need masks for {arch.num_modules - 1} modules, got {len(connectivity)}"
-        )
+        raise ValueError(f"need masks for {arch.num_modules - 1} modules, got {len(connectivity)}")
     common = dict(train=train, impl=net.branch_impl, axis_name=axis_name)
     x, stem_stats = _stem(
-        net, params["stem"], batch_stats["stem"], images.astype(net.dtype),
-        train=train, axis_name=axis_name,
+        net,
+        params["stem"],
+        batch_stats["stem"],
+        images.astype(net.dtype),
+        train=train,
+        axis_name=axis_name,
     )
     new_stats = {"stem": stem_stats, "modules": []}
     real_masks = params.get("masks")
