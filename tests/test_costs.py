@@ -1,0 +1,111 @@
+"""Parameter and FLOP counts against independent counts of the real computation."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mcjax import costs, models, summary
+from mcjax.architectures import get_architecture
+
+
+def _conv_and_dot_flops(jaxpr) -> int:
+    """2 x MACs of every convolution and matmul in a jaxpr, outside custom_vjp calls."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            out = eqn.outvars[0].aval
+            kh, kw, cin_per_group, _ = rhs.shape  # HWIO
+            total += 2 * out.size * kh * kw * cin_per_group
+        elif name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            k = 1
+            for d in contract[0] if isinstance(contract[0], tuple) else contract:
+                k *= lhs.shape[d]
+            total += 2 * eqn.outvars[0].aval.size * k
+        elif name.startswith("custom_vjp"):
+            continue  # the mask aggregation is not counted
+        for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else ():
+            total += _conv_and_dot_flops(sub)
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None and hasattr(inner, "eqns"):
+                total += _conv_and_dot_flops(inner)
+    return total
+
+
+@pytest.mark.parametrize(
+    "arch_name, connectivity, size",
+    [("20,2,4", "learned", 16), ("20,2,4", "full", 16), ("11,4,2", "random", 24)],
+)
+def test_counts_match_the_traced_network(arch_name, connectivity, size):
+    arch = get_architecture(arch_name)
+    net = models.Network(
+        arch, num_classes=7, connectivity=connectivity, fan_in=2, branch_impl="loop"
+    )
+    variables = jax.eval_shape(lambda: models.init(jax.random.key(0), net))
+    conn = None if connectivity == "full" else jnp.ones(net.masks_shape)
+    images = jnp.zeros((1, size, size, 3))
+
+    def forward(params, stats):
+        return models.apply(net, params, stats, images, connectivity=conn, train=False)[0]
+
+    jaxpr = jax.make_jaxpr(forward)(variables["params"], variables["batch_stats"]).jaxpr
+    predicted = costs.network_costs(
+        arch, image_size=size, num_classes=7, per_block_inputs=connectivity != "full"
+    )
+    assert predicted["flops_per_image"] == _conv_and_dot_flops(jaxpr)
+    assert predicted["params"] == costs.count_params(variables["params"])
+
+
+@pytest.mark.parametrize(
+    "config_file, arch",
+    [("configs/cifar100.py", "29,64,8"), ("configs/imagenet.py", "resnext50_32x4d")],
+)
+def test_summary_command_json(config_file, arch):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcjax.summary",
+            f"--config={config_file}",
+            f"--config.model.arch={arch}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out = json.loads(result.stdout)
+    assert isinstance(out["params_train"], int) and out["flops_per_image"] > 0
+    assert len(out["modules"]) == get_architecture(arch).num_modules + 2
+
+
+def test_summary_table_and_bad_arch():
+    from configs import cifar100
+
+    config = cifar100.get_config()
+    config.model.arch = "20,4,8"
+    table = summary.format_table(summary.summarize(config))
+    assert "module 6" in table and "params_train = 0.28M" in table
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcjax.summary",
+            "--config=configs/cifar100.py",
+            "--config.model.arch=21,4,8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "depth" in result.stderr
+    assert "Traceback" not in result.stderr
