@@ -1,0 +1,110 @@
+r"""Train-step speed of each formulation of the C branches (``mcjax.blocks.BRANCH_IMPLS``).
+
+    python benchmarks/branch_impls.py --arch 29,8,8 --batch 128 --steps 5
+    python benchmarks/branch_impls.py --quick          # 20,4,8, batch 32, 3 steps
+
+For each formulation x connectivity, jit-compiles the real training step
+(:func:`mcjax.train.train_step`, SGD-momentum + clipped mask SGD, donated
+state), runs ``--warmup`` steps, then times ``--steps`` fully synchronised steps
+and reports the median images/s, the compile seconds and the ratio to the
+fastest ``full`` formulation. Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mcjax import blocks, models, optim, train
+from mcjax.architectures import get_architecture
+
+
+def measure(arch: str, connectivity: str, impl: str, batch: int, steps: int, warmup: int,
+            image_size: int) -> dict:
+    net = models.Network(
+        get_architecture(arch), num_classes=100, connectivity=connectivity, fan_in=4,
+        branch_impl=impl,
+    )
+    tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
+    state = train.create_state(net, tx, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3))
+    labels = jax.random.randint(jax.random.key(2), (batch,), 0, 100)
+    step_fn = jax.jit(
+        functools.partial(train.train_step, net=net, tx=tx, key=jax.random.key(3),
+                          learn_masks=net.has_masks),
+        donate_argnums=0,
+    )
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, images, labels).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, metrics = compiled(state, images, labels)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, images, labels)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "arch": arch, "connectivity": connectivity, "impl": impl, "batch": batch,
+        "images_per_s": batch / median, "step_ms": 1000 * median, "compile_s": compile_s,
+        "steps": steps,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="29,8,8")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--impls", default="loop,grouped,vmap")
+    parser.add_argument("--connectivities", default="full,learned")
+    parser.add_argument("--quick", action="store_true", help="20,4,8, batch 32, 3 steps")
+    parser.add_argument("--out", default="benchmarks/branch_impls.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.arch, args.batch, args.steps = "20,4,8", 32, 3
+
+    machine = {
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "auto_impl": blocks.resolve_branch_impl("auto"),
+    }
+    rows = []
+    for connectivity in args.connectivities.split(","):
+        for impl in args.impls.split(","):
+            row = measure(args.arch, connectivity, impl, args.batch, args.steps, args.warmup,
+                          args.image_size)
+            rows.append(row)
+            print(f"  measured {connectivity:8s} {impl:8s} {row['images_per_s']:8.1f} img/s "
+                  f"compile {row['compile_s']:.1f} s", flush=True)
+    best_full = max((r["images_per_s"] for r in rows if r["connectivity"] == "full"), default=None)
+    print(f"\n{args.arch}, batch {args.batch}, {machine['backend']} ({machine['devices'][0]}), "
+          f"jax {machine['jax']}; median of {args.steps} steps")
+    print(f"{'connectivity':<13}{'impl':<9}{'img/s':>9}{'ms/step':>10}{'compile s':>11}"
+          f"{'vs best full':>14}")
+    for r in rows:
+        ratio = f"{r['images_per_s'] / best_full:.2f}" if best_full else "-"
+        print(f"{r['connectivity']:<13}{r['impl']:<9}{r['images_per_s']:>9.1f}"
+              f"{r['step_ms']:>10.0f}{r['compile_s']:>11.1f}{ratio:>14}")
+    with open(args.out, "w") as f:
+        json.dump({"machine": machine, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialise the backend before timing anything
+    main()
