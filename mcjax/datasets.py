@@ -1,0 +1,415 @@
+"""Whole data sets in host memory, as uint8 images and int32 labels.
+
+Every loader returns an :class:`InMemoryData`:
+
+* ``train_images`` uint8 ``[N, H, W, C]``, ``train_labels`` int32 ``[N]``;
+* ``test_images`` uint8 ``[M, H, W, C]``, ``test_labels`` int32 ``[M]``;
+* every label lies in ``[0, num_classes)`` (checked on construction);
+* ``mean_image`` float32 ``[H, W, C]``: the per-pixel mean of the *training*
+  images on the ``[0, 1]`` scale (``uint8 / 255``), which the augmentations in
+  :mod:`mcjax.augment` subtract.
+
+Loaders:
+
+* :func:`load_digits` -- scikit-learn's bundled 8x8 digits (no download).
+* :func:`load_tfds_cifar` -- CIFAR-10/100 from tensorflow-datasets data prepared
+  in ``array_record`` format; reads it without TensorFlow and never downloads.
+* :func:`load_image_folder` -- Mini-ImageNet as a folder of class folders.
+* :func:`load` -- dispatch on a config's ``data`` section.
+
+Whatever goes wrong with the user's data raises :class:`DataError`, whose message
+says what is wrong and how to fix it; a missing data set fails in well under a
+second (tfds's offline download retries take minutes and are never started).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "InMemoryData",
+    "load",
+    "load_digits",
+    "load_image_folder",
+    "load_tfds_cifar",
+    "open_tfds_splits",
+]
+
+# File name endings (lower case) that :func:`load_image_folder` reads as images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+_TFDS_CIFAR_NAMES = ("cifar10", "cifar100")
+
+
+class DataError(Exception):
+    """The data is missing or malformed; the message says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InMemoryData:
+    """A labelled image data set held whole in host memory (see the module docstring).
+
+    ``eq=False``: comparing data sets element-wise is never what a caller wants, and
+    identity hashing keeps the cached ``mean_image`` cheap to look up.
+    """
+
+    name: str
+    train_images: np.ndarray  # uint8 [N, H, W, C]
+    train_labels: np.ndarray  # int32 [N]
+    test_images: np.ndarray  # uint8 [M, H, W, C]
+    test_labels: np.ndarray  # int32 [M]
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.dtype != np.uint8 or images.ndim != 4:
+                raise DataError(
+                    f"{self.name}: {split} images must be uint8 [N, H, W, C], "
+                    f"got {images.dtype} {images.shape}."
+                )
+            if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
+                raise DataError(
+                    f"{self.name}: {split} labels must be int32 [{images.shape[0]}], "
+                    f"got {labels.dtype} {labels.shape}."
+                )
+            if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise DataError(
+                    f"{self.name}: {split} labels span [{labels.min()}, {labels.max()}] but "
+                    f"must lie in [0, {self.num_classes}); the prepared data does not match "
+                    "the data set's number of classes."
+                )
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(
+                f"{self.name}: train images {self.train_images.shape[1:]} and test images "
+                f"{self.test_images.shape[1:]} differ in shape."
+            )
+        if self.train_images.shape[0] == 0:
+            raise DataError(f"{self.name}: the training split is empty.")
+
+    @functools.cached_property
+    def mean_image(self) -> np.ndarray:
+        """float32 ``[H, W, C]``: per-pixel mean of the training images, ``[0, 1]`` scale."""
+        # float64 accumulation: a float32 running sum over 50k images loses digits.
+        mean = self.train_images.mean(axis=0, dtype=np.float64) / 255.0
+        return mean.astype(np.float32)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of every image."""
+        return tuple(self.train_images.shape[1:])
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> InMemoryData:
+    """scikit-learn's bundled digits: 1,797 8x8 grey images, 10 classes, no download.
+
+    Pixel values 0..16 are scaled to uint8 0..255 (``round(v * 255 / 16)``), shape
+    ``[N, 8, 8, 1]``. The train/test split is stratified by class and a pure function
+    of ``(test_fraction, seed)``; the defaults give 1,437 train / 360 test images.
+    """
+    from sklearn import datasets as sk_datasets
+    from sklearn import model_selection
+
+    digits = sk_datasets.load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int32)
+    train_idx, test_idx = model_selection.train_test_split(
+        np.arange(labels.size),
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=labels,
+    )
+    # Sorted, so that the split's content, not sklearn's shuffle, defines the arrays.
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return InMemoryData(
+        name="digits",
+        train_images=images[train_idx],
+        train_labels=labels[train_idx],
+        test_images=images[test_idx],
+        test_labels=labels[test_idx],
+        num_classes=10,
+    )
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _tfds_prepare_hint(name: str) -> str:
+    return (
+        f"prepare it once on a machine with TensorFlow and network access with "
+        f"`tfds build {name} --file_format=array_record --data_dir DIR`, "
+        f"then copy DIR here and pass `--config.data.data_dir=DIR`"
+    )
+
+
+def open_tfds_splits(
+    name: str,
+    data_dir: str | None,
+    splits: Sequence[str],
+    *,
+    decoders: Mapping[str, Any] | None = None,
+    how_to_prepare: str | None = None,
+) -> tuple[Any, dict[str, Sequence[Mapping[str, Any]]]]:
+    """Random-access tfds data sources of ``splits``, read without TensorFlow.
+
+    Returns ``(builder, {split: source})``; each source supports ``len``,
+    ``source[i]`` and ``source.__getitems__(list_of_i)``, giving dicts of numpy
+    features. Never downloads: if the data set is not prepared under ``data_dir``
+    (``None``: tfds's default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) in a
+    random-access format (``array_record``), raises :class:`DataError` at once, with
+    ``how_to_prepare`` (default: the ``tfds build`` command) in the message.
+    """
+    import tensorflow_datasets as tfds
+
+    if data_dir:
+        data_dir = os.path.expanduser(data_dir)
+    hint = how_to_prepare or _tfds_prepare_hint(name)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as err:  # tfds raises many types for a bad name or config
+        raise DataError(f"tensorflow-datasets cannot make a builder for {name!r}: {err}") from err
+    where = f"data_dir={data_dir!r}" if data_dir else "tfds's default data_dir"
+    if not builder.is_prepared():
+        raise DataError(
+            f"{name} is not prepared under {where} (looked in {builder.data_dir}); "
+            f"data sets are never downloaded here: {hint}."
+        )
+    formats = builder.info.available_file_formats()
+    random_access = set(tfds.core.FileFormat.with_random_access())
+    if not formats & random_access:
+        found = ", ".join(sorted(f.value for f in formats)) or "unknown"
+        raise DataError(
+            f"{name} under {builder.data_dir} is stored as {found}, which only TensorFlow can "
+            f"read; {hint} (a fresh DIR, or delete the old copy)."
+        )
+    missing = [s for s in splits if s not in builder.info.splits]
+    if missing:
+        raise DataError(
+            f"{name} under {builder.data_dir} lacks the split(s) {missing} "
+            f"(it has {sorted(builder.info.splits)}); {hint}."
+        )
+    sources = {s: builder.as_data_source(split=s, decoders=decoders) for s in splits}
+    return builder, sources
+
+
+def _read_all(source: Sequence[Mapping[str, Any]], label_key: str, what: str):
+    """All ``(images uint8 [N,H,W,C], labels int32 [N])`` of a tfds data source."""
+    n = len(source)
+    images: np.ndarray | None = None
+    labels = np.empty((n,), np.int32)
+    chunk = 1000  # bounds the per-call list of decoded example dicts
+    for start in range(0, n, chunk):
+        examples = source.__getitems__(list(range(start, min(start + chunk, n))))
+        for offset, example in enumerate(examples):
+            image = np.asarray(example["image"])
+            if images is None:
+                images = np.empty((n, *image.shape), np.uint8)
+            if image.shape != images.shape[1:]:
+                raise DataError(
+                    f"{what}: example {start + offset} has image shape {image.shape}, "
+                    f"expected {images.shape[1:]}; the prepared data is inconsistent."
+                )
+            images[start + offset] = image
+            labels[start + offset] = int(example[label_key])
+    if images is None:
+        raise DataError(f"{what} is empty; prepare the data set again.")
+    return images, labels
+
+
+def load_tfds_cifar(name: str, *, data_dir: str | None) -> InMemoryData:
+    """CIFAR-10 or CIFAR-100 (``name``) from tensorflow-datasets ``array_record`` data.
+
+    Reads the ``train`` and ``test`` splits without TensorFlow and never downloads;
+    CIFAR-100 uses the fine ``label`` (100 classes). Images uint8 ``[N, 32, 32, 3]``,
+    in the prepared files' order. Raises :class:`DataError` at once if the data is
+    not prepared under ``data_dir`` (with the ``tfds build`` command that prepares it).
+    """
+    if name not in _TFDS_CIFAR_NAMES:
+        raise DataError(f"unknown CIFAR data set {name!r}; expected one of {_TFDS_CIFAR_NAMES}.")
+    builder, sources = open_tfds_splits(name, data_dir, ("train", "test"))
+    num_classes = int(builder.info.features["label"].num_classes)
+    train_images, train_labels = _read_all(sources["train"], "label", f"{name} train")
+    test_images, test_labels = _read_all(sources["test"], "label", f"{name} test")
+    return InMemoryData(
+        name=name,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=num_classes,
+    )
+
+
+# ----------------------------------------------------------------------------- image folder
+
+
+def _list_images(class_dir: str) -> list[str]:
+    return sorted(
+        f
+        for f in os.listdir(class_dir)
+        if not f.startswith(".")
+        and f.lower().endswith(IMAGE_EXTENSIONS)
+        and os.path.isfile(os.path.join(class_dir, f))
+    )
+
+
+def _read_resized(path: str, image_size: int) -> np.ndarray:
+    """uint8 ``[S, S, 3]``: the whole image, RGB, resized (aspect not kept) to ``S x S``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    # Decoding foreign files fails in many ways (OSError, SyntaxError, struct.error,
+    # DecompressionBombError, ...); every one means the same to the user.
+    except Exception as err:
+        raise DataError(
+            f"cannot read image {path} ({type(err).__name__}: {err}); replace or delete the file."
+        ) from err
+
+
+def load_image_folder(
+    root: str,
+    *,
+    image_size: int = 84,
+    train_per_class: int = 500,
+    test_per_class: int = 100,
+    expected_classes: int | None = 100,
+) -> InMemoryData:
+    """Mini-ImageNet from a folder of class folders of images (jpg, png, ...).
+
+    * Classes: the non-hidden subfolders of ``root``, sorted by name; label = position.
+    * Split: per class, image files sorted by name; the first ``train_per_class`` go
+      to train, the next ``test_per_class`` to test, any further ones are unused.
+    * Images: converted to RGB and resized, bilinear, to ``image_size x image_size``
+      (the whole image, aspect ratio not kept: Mini-ImageNet images are made this way
+      from ImageNet, so 84x84 files pass through unchanged). uint8 ``[N, S, S, 3]``.
+
+    Raises :class:`DataError` for a missing ``root``, a class count other than
+    ``expected_classes`` (when given), a class with too few images, and an
+    unreadable image (naming the file).
+    """
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise DataError(
+            f"image folder {root!r} does not exist; pass `--config.data.data_dir=` a folder "
+            "with one subfolder of images per class."
+        )
+    classes = sorted(
+        d
+        for d in os.listdir(root)
+        if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
+    )
+    if not classes or (expected_classes is not None and len(classes) != expected_classes):
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        expected = "at least one" if expected_classes is None else str(expected_classes)
+        raise DataError(
+            f"image folder {root} has {len(classes)} class subfolders ({shown}) but "
+            f"{expected} are expected; point data_dir at the folder that holds one "
+            "subfolder per class (e.g. merge Mini-ImageNet's train/val/test class folders)."
+        )
+    needed = train_per_class + test_per_class
+    files: list[list[str]] = []
+    for name in classes:
+        class_files = _list_images(os.path.join(root, name))
+        if len(class_files) < needed:
+            raise DataError(
+                f"class folder {os.path.join(root, name)} has {len(class_files)} images but "
+                f"{needed} are needed ({train_per_class} train + {test_per_class} test); "
+                "add images or lower train_per_class/test_per_class."
+            )
+        files.append([os.path.join(root, name, f) for f in class_files[:needed]])
+
+    def split(lo: int, hi: int) -> tuple[list[str], np.ndarray]:
+        paths = [p for class_files in files for p in class_files[lo:hi]]
+        labels = np.repeat(np.arange(len(classes), dtype=np.int32), hi - lo)
+        return paths, labels
+
+    train_paths, train_labels = split(0, train_per_class)
+    test_paths, test_labels = split(train_per_class, needed)
+    # PIL releases the GIL while decoding and resizing, so threads scale.
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        read = functools.partial(_read_resized, image_size=image_size)
+        train_images = _stack(list(pool.map(read, train_paths, chunksize=64)), image_size)
+        test_images = _stack(list(pool.map(read, test_paths, chunksize=64)), image_size)
+    return InMemoryData(
+        name="mini_imagenet",
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=len(classes),
+    )
+
+
+def _stack(images: list[np.ndarray], image_size: int) -> np.ndarray:
+    if not images:
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.stack(images)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def load(data_config: Any) -> InMemoryData:
+    """The in-memory data set that ``data_config`` (a config's ``data`` section) names.
+
+    Fields: ``name`` in {digits, cifar10, cifar100, mini_imagenet}; ``data_dir`` (the
+    tfds data_dir, or the image folder for mini_imagenet; ``""``/None = default);
+    ``num_classes`` if present must match the data. Optional for mini_imagenet:
+    ``folder_image_size`` (84), ``train_per_class`` (500), ``test_per_class`` (100).
+    ImageNet streams instead: see :class:`mcjax.imagenet_input.ImageNetInput`.
+    """
+    name = data_config.name
+    data_dir = getattr(data_config, "data_dir", None) or None
+    if name == "digits":
+        data = load_digits()
+    elif name in _TFDS_CIFAR_NAMES:
+        data = load_tfds_cifar(name, data_dir=data_dir)
+    elif name == "mini_imagenet":
+        if not data_dir:
+            raise DataError(
+                "mini_imagenet needs `--config.data.data_dir=` the folder of class subfolders."
+            )
+        expected = getattr(data_config, "num_classes", None)
+        data = load_image_folder(
+            data_dir,
+            image_size=int(getattr(data_config, "folder_image_size", 84)),
+            train_per_class=int(getattr(data_config, "train_per_class", 500)),
+            test_per_class=int(getattr(data_config, "test_per_class", 100)),
+            expected_classes=None if expected is None else int(expected),
+        )
+    elif name == "imagenet":
+        raise DataError(
+            "imagenet is streamed, not loaded into memory: use mcjax.imagenet_input.ImageNetInput."
+        )
+    else:
+        raise DataError(
+            f"unknown data set {name!r}; choose one of digits, cifar10, cifar100, "
+            "mini_imagenet, imagenet."
+        )
+    expected = getattr(data_config, "num_classes", None)
+    if expected is not None and int(expected) != data.num_classes:
+        # The head is sized from the config: a mismatch would train silently wrong.
+        raise DataError(
+            f"config.data.num_classes={expected} but {name} has {data.num_classes} classes; "
+            f"set `--config.data.num_classes={data.num_classes}`."
+        )
+    return data
