@@ -11,7 +11,8 @@ setup(
     long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["mcjax", "mcjax.*"]),
+    # configs/ is a package so that its files can `from configs import default` from anywhere.
+    packages=find_packages(include=["mcjax", "mcjax.*", "configs"]),
     install_requires=[
         "absl-py>=1.0",
         "jax>=0.6",

@@ -26,10 +26,14 @@ from mcjax import blocks, models, optim, train
 from mcjax.architectures import get_architecture
 
 
-def measure(arch: str, connectivity: str, impl: str, batch: int, steps: int, warmup: int,
-            image_size: int) -> dict:
+def measure(
+    arch: str, connectivity: str, impl: str, batch: int, steps: int, warmup: int, image_size: int
+) -> dict:
     net = models.Network(
-        get_architecture(arch), num_classes=100, connectivity=connectivity, fan_in=4,
+        get_architecture(arch),
+        num_classes=100,
+        connectivity=connectivity,
+        fan_in=4,
         branch_impl=impl,
     )
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
@@ -37,8 +41,9 @@ def measure(arch: str, connectivity: str, impl: str, batch: int, steps: int, war
     images = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3))
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, 100)
     step_fn = jax.jit(
-        functools.partial(train.train_step, net=net, tx=tx, key=jax.random.key(3),
-                          learn_masks=net.has_masks),
+        functools.partial(
+            train.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
+        ),
         donate_argnums=0,
     )
     t0 = time.perf_counter()
@@ -55,8 +60,13 @@ def measure(arch: str, connectivity: str, impl: str, batch: int, steps: int, war
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return {
-        "arch": arch, "connectivity": connectivity, "impl": impl, "batch": batch,
-        "images_per_s": batch / median, "step_ms": 1000 * median, "compile_s": compile_s,
+        "arch": arch,
+        "connectivity": connectivity,
+        "impl": impl,
+        "batch": batch,
+        "images_per_s": batch / median,
+        "step_ms": 1000 * median,
+        "compile_s": compile_s,
         "steps": steps,
     }
 
@@ -87,20 +97,30 @@ def main():
     rows = []
     for connectivity in args.connectivities.split(","):
         for impl in args.impls.split(","):
-            row = measure(args.arch, connectivity, impl, args.batch, args.steps, args.warmup,
-                          args.image_size)
+            row = measure(
+                args.arch, connectivity, impl, args.batch, args.steps, args.warmup, args.image_size
+            )
             rows.append(row)
-            print(f"  measured {connectivity:8s} {impl:8s} {row['images_per_s']:8.1f} img/s "
-                  f"compile {row['compile_s']:.1f} s", flush=True)
+            print(
+                f"  measured {connectivity:8s} {impl:8s} {row['images_per_s']:8.1f} img/s "
+                f"compile {row['compile_s']:.1f} s",
+                flush=True,
+            )
     best_full = max((r["images_per_s"] for r in rows if r["connectivity"] == "full"), default=None)
-    print(f"\n{args.arch}, batch {args.batch}, {machine['backend']} ({machine['devices'][0]}), "
-          f"jax {machine['jax']}; median of {args.steps} steps")
-    print(f"{'connectivity':<13}{'impl':<9}{'img/s':>9}{'ms/step':>10}{'compile s':>11}"
-          f"{'vs best full':>14}")
+    print(
+        f"\n{args.arch}, batch {args.batch}, {machine['backend']} ({machine['devices'][0]}), "
+        f"jax {machine['jax']}; median of {args.steps} steps"
+    )
+    print(
+        f"{'connectivity':<13}{'impl':<9}{'img/s':>9}{'ms/step':>10}{'compile s':>11}"
+        f"{'vs best full':>14}"
+    )
     for r in rows:
         ratio = f"{r['images_per_s'] / best_full:.2f}" if best_full else "-"
-        print(f"{r['connectivity']:<13}{r['impl']:<9}{r['images_per_s']:>9.1f}"
-              f"{r['step_ms']:>10.0f}{r['compile_s']:>11.1f}{ratio:>14}")
+        print(
+            f"{r['connectivity']:<13}{r['impl']:<9}{r['images_per_s']:>9.1f}"
+            f"{r['step_ms']:>10.0f}{r['compile_s']:>11.1f}{ratio:>14}"
+        )
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=1)
 

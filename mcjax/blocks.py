@@ -30,7 +30,7 @@ from mcjax.architectures import ModuleSpec
 
 Array = jax.Array
 
-BRANCH_IMPLS = ("auto", "loop", "grouped", "vmap")
+BRANCH_IMPLS = ("auto", "loop", "grouped", "vmap", "einsum")
 
 # Measured train-step speed per backend (benchmarks/branch_impls.py): on XLA:CPU
 # grouped convolutions are several times slower than one ordinary convolution
@@ -125,6 +125,12 @@ def _branch_conv(x: Array, kernel: Array, stride: int, impl: str) -> Array:
         )
     if impl == "vmap":
         return jax.vmap(lambda xj, kj: layers.conv2d(xj, kj, stride=stride))(x, kernel)
+    if impl == "einsum":
+        # 1x1 convolutions of all branches as one batched matmul; 3x3 looped.
+        if kernel.shape[1:3] == (1, 1):
+            xs = x[:, :, ::stride, ::stride] if stride > 1 else x
+            return jnp.einsum("cnhwi,cio->cnhwo", xs, kernel[:, 0, 0].astype(x.dtype))
+        return _branch_conv(x, kernel, stride, "loop")
     raise AssertionError(impl)
 
 

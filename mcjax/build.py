@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from mcjax.architectures import get_architecture
 from mcjax.models import Network
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = ["network"]
 
@@ -15,10 +15,8 @@ __all__ = ["network"]
 def network(config) -> Network:
     """The :class:`~mcjax.models.Network` that ``config.model`` and ``config.data`` describe."""
     model, data = config.model, config.data
-    if model.dtype not in _DTYPES:
-        raise ValueError(
-            f"config.model.dtype must be one of {sorted(_DTYPES)}, got {model.dtype!r}"
-        )
+    if model.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {model.dtype!r}")
     arch = get_architecture(model.arch, stem=model.stem or None)
     return Network(
         arch=arch,
@@ -29,5 +27,5 @@ def network(config) -> Network:
         aggregation=model.aggregation,
         branch_impl=model.branch_impl,
         mask_init=float(model.mask_init),
-        dtype=_DTYPES[model.dtype],
+        dtype=DTYPES[model.dtype],
     )

@@ -53,7 +53,7 @@ def max_pool(x: Array, *, window: int = 3, stride: int = 2) -> Array:
     pad = (window - 1) // 2
     return jax.lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, x.dtype),
+        -jnp.inf,  # a Python scalar: lets JAX see a max monoid, which it can differentiate
         jax.lax.max,
         (1, window, window, 1),
         (1, stride, stride, 1),

@@ -1,0 +1,167 @@
+"""The pruned model as a reloadable artifact: ``model.json`` + ``arrays.npz``.
+
+``model.json`` describes the network (architecture with its per-module
+cardinalities, head, connectivity mode, fan-in, aggregation) and the test-time
+preprocessing; ``arrays.npz`` holds the parameters, BN statistics, the fixed
+connectivity between live blocks and the mean image, loaded with
+``allow_pickle=False`` (no code is ever unpickled). Inference::
+
+    model = mcjax.export.load("runs/digits/pruned_model")
+    logits = mcjax.export.predict(model, images_uint8)   # [N, H, W, C] uint8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcjax import models
+from mcjax.architectures import Architecture, ModuleSpec
+from mcjax.build import DTYPES
+
+FORMAT = "mcjax-pruned-model-v1"
+
+__all__ = ["LoadedModel", "load", "predict", "save"]
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    net: models.Network
+    params: dict
+    batch_stats: dict
+    connectivity: list[np.ndarray] | None
+    mean_image: np.ndarray  # float32 [H, W, C] in [0, 1] units, subtracted after /255
+    crop: int | None  # centre crop applied before the network, or None
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+    elif isinstance(tree, list | tuple):
+        for index, value in enumerate(tree):
+            flat.update(_flatten(value, f"{prefix}{index}/"))
+    elif tree is not None:
+        flat[prefix.rstrip("/")] = np.asarray(tree)
+    return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray]):
+    root: dict = {}
+    for path, value in flat.items():
+        node = root
+        parts = path.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        if node and all(k.isdigit() for k in node):
+            return [listify(node[str(i)]) for i in range(len(node))]
+        return {k: listify(v) for k, v in node.items()}
+
+    return listify(root)
+
+
+def save(
+    path: str,
+    net: models.Network,
+    params: dict,
+    batch_stats: dict,
+    connectivity,
+    *,
+    mean_image: np.ndarray,
+    crop: int | None = None,
+) -> None:
+    """Writes ``path/model.json`` and ``path/arrays.npz``."""
+    os.makedirs(path, exist_ok=True)
+    description = {
+        "format": FORMAT,
+        "arch": {
+            "name": net.arch.name,
+            "stem": net.arch.stem,
+            "stem_channels": net.arch.stem_channels,
+            "modules": [dataclasses.asdict(m) for m in net.arch.modules],
+        },
+        "num_classes": net.num_classes,
+        "in_channels": net.in_channels,
+        "connectivity": net.connectivity,
+        "fan_in": net.fan_in,
+        "aggregation": net.aggregation,
+        "dtype": jnp.dtype(net.dtype).name,
+        "crop": crop,
+    }
+    arrays = _flatten({"params": params, "batch_stats": batch_stats})
+    if connectivity is not None:
+        arrays.update(_flatten({"connectivity": list(connectivity)}))
+    arrays["mean_image"] = np.asarray(mean_image, np.float32)
+    with open(os.path.join(path, "model.json"), "w") as f:
+        json.dump(description, f, indent=1)
+    np.savez(os.path.join(path, "arrays.npz"), **arrays)
+
+
+def load(path: str) -> LoadedModel:
+    """Reads a model written by :func:`save` (never unpickles anything)."""
+    with open(os.path.join(path, "model.json")) as f:
+        description = json.load(f)
+    if description.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} artifact")
+    arch_desc = description["arch"]
+    arch = Architecture(
+        name=arch_desc["name"],
+        stem=arch_desc["stem"],
+        stem_channels=arch_desc["stem_channels"],
+        modules=tuple(ModuleSpec(**m) for m in arch_desc["modules"]),
+    )
+    net = models.Network(
+        arch=arch,
+        num_classes=description["num_classes"],
+        in_channels=description["in_channels"],
+        connectivity=description["connectivity"],
+        fan_in=description["fan_in"],
+        aggregation=description["aggregation"],
+        dtype=DTYPES[description["dtype"]],
+    )
+    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
+        tree = _unflatten({k: data[k] for k in data.files})
+    connectivity = tree.get("connectivity")
+    return LoadedModel(
+        net=net,
+        params=jax.tree.map(jnp.asarray, tree["params"]),
+        batch_stats=jax.tree.map(jnp.asarray, tree["batch_stats"]),
+        connectivity=connectivity,
+        mean_image=tree["mean_image"],
+        crop=description["crop"],
+    )
+
+
+def predict(model: LoadedModel, images: Any) -> jax.Array:
+    """Logits ``[N, classes]`` for uint8 images ``[N, H, W, C]`` (test-time preprocessing)."""
+    images = jnp.asarray(images)
+    mean = jnp.asarray(model.mean_image)
+    if model.crop is not None:
+        h, w = images.shape[1:3]
+        top, left = (h - model.crop) // 2, (w - model.crop) // 2
+        images = images[:, top : top + model.crop, left : left + model.crop]
+        mh, mw = mean.shape[:2]
+        mt, ml = (mh - model.crop) // 2, (mw - model.crop) // 2
+        mean = mean[mt : mt + model.crop, ml : ml + model.crop]
+    x = images.astype(jnp.float32) / 255.0 - mean
+    logits, _ = models.apply(
+        model.net,
+        model.params,
+        model.batch_stats,
+        x,
+        connectivity=model.connectivity,
+        train=False,
+    )
+    return logits

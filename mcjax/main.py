@@ -1,0 +1,53 @@
+r"""Trains MaskConnect with the paper's four-phase protocol.
+
+    python -m mcjax.main                                   # digits quick start
+    python -m mcjax.main --config configs/cifar100.py --workdir runs/c100 \
+        --config.model.arch=29,8,8 --config.model.fan_in=4
+
+A workdir that holds a checkpoint is resumed from it.
+"""
+
+import logging as std_logging
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mcjax import datasets, train
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_DEFAULT_CONFIG), "Training config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and figures (default: runs/<data set>)."
+)
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Keeps libraries' INFO chatter (orbax's per-save lines, backend probing) out of the log."""
+
+    def filter(self, record):
+        noisy = any(name in record.pathname for name in ("orbax", "jax/_src", "absl/"))
+        return record.levelno >= std_logging.WARNING or not noisy
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("runs", config.data.name)
+    logging.info("workdir %s", workdir)
+    try:
+        summary = train.train_and_evaluate(config, workdir)
+    except datasets.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(train.format_summary(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)

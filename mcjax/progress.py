@@ -1,0 +1,71 @@
+"""Progress of a long run: a bar on a terminal, log lines otherwise, with speed and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+class Progress:
+    """Reports ``step / total`` with images/s and the time left.
+
+    Speed is measured from the first update after ``start`` (so compilation is
+    not counted) over the steps actually run in this process, which makes the
+    ETA right after a resume too.
+    """
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        start_step: int,
+        images_per_step: int,
+        stream: TextIO | None = None,
+        interactive: bool | None = None,
+    ):
+        self.total = total_steps
+        self.images_per_step = images_per_step
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self._t0: float | None = None
+        self._step0 = start_step
+        self.start_time = time.time()
+
+    def update(self, step: int, extra: str = "") -> str:
+        """Reports that ``step`` steps are done; returns the line written."""
+        now = time.time()
+        if self._t0 is None or step <= self._step0:
+            self._t0, self._step0 = now, step
+            rate = 0.0
+        else:
+            rate = (step - self._step0) / max(now - self._t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        fraction = step / max(self.total, 1)
+        speed = f"{rate * self.images_per_step:,.0f} img/s" if rate > 0 else "-- img/s"
+        left = _duration(eta) if rate > 0 else "--:--"
+        if self.interactive:
+            width = 30
+            bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
+            line = f"\r[{bar}] {step}/{self.total} {speed} ETA {left} {extra}"
+            self.stream.write(line.ljust(110))
+        else:
+            line = (
+                f"step {step}/{self.total} ({100 * fraction:.1f}%) {speed} "
+                f"elapsed {_duration(now - self.start_time)} ETA {left} {extra}"
+            )
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        return line.strip()
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()

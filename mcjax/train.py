@@ -1,0 +1,541 @@
+"""The paper's four-phase training (appendix E, DESIGN §3), end to end.
+
+Phase 1 trains weights and masks jointly (K-hot masks sampled every step from
+the real-valued ones, straight-through gradients); at the start of phase 2 each
+block's connectivity is frozen to the top-K of its real-valued row; phases 2-4
+fine-tune the weights with learning rates from the config. Then the dead blocks
+are pruned. Everything random is a pure function of ``config.seed`` and the
+step, so a run resumed from a checkpoint retraces the same path bit for bit.
+
+``train_step`` and ``eval_step`` are pure module-level functions;
+``train_and_evaluate(config, workdir)`` is the program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mcjax import build, costs, export, input_pipeline, masks, models, optim, prune
+from mcjax.checkpoint import Checkpointer
+from mcjax.metric_writers import MetricWriter, read_records
+from mcjax.progress import Progress
+
+NUM_PHASES = 4
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue; a pytree.
+
+    Attributes:
+      step: int32 scalar, the number of steps taken.
+      params: network parameters (with ``masks`` in ``learned``/``real`` modes).
+      batch_stats: BN running statistics.
+      opt_state: the :func:`mcjax.optim.maskconnect` state.
+      connectivity: the fixed K-hot masks ``[L-1, C, C]`` (``random``: drawn at
+        init; ``learned``: zeros until frozen to the top-K at phase 2); ``None``
+        for ``full`` and ``real``.
+    """
+
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+    connectivity: jax.Array | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Phase lengths in steps: the one place where epochs become steps."""
+
+    steps_per_epoch: int
+    phase_steps: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, config, num_train: int) -> Schedule:
+        steps_per_epoch = num_train // int(config.batch_size)
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"batch_size {config.batch_size} is larger than the {num_train} training examples"
+            )
+        phase_steps = tuple(max(1, round(float(e) * steps_per_epoch)) for e in config.phase_epochs)
+        return cls(steps_per_epoch, phase_steps)
+
+    @property
+    def phase_ends(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in np.cumsum(self.phase_steps))
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase_ends[-1]
+
+    def phase(self, step: int) -> int:
+        """Phase (1-based) of the step about to run."""
+        return 1 + int(np.searchsorted(np.asarray(self.phase_ends), step, side="right"))
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+def make_optimizer(config, schedule: Schedule) -> optax.GradientTransformation:
+    """Weights: the per-phase rates; masks: ``mask_learning_rate`` in phase 1, then 0."""
+    if len(config.weight_learning_rates) != len(config.phase_epochs):
+        raise ValueError("need one weight learning rate per phase")
+    ends = schedule.phase_ends
+    return optim.maskconnect(
+        weight_learning_rate=optim.piecewise_constant(ends[:-1], config.weight_learning_rates),
+        mask_learning_rate=optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0]),
+        weight_decay=float(config.weight_decay),
+        momentum=float(config.momentum),
+        decay_norm_and_bias=bool(config.decay_norm_and_bias),
+    )
+
+
+def _cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    net: models.Network,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    learn_masks: bool,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict]:
+    """One SGD step.
+
+    With ``learn_masks`` (phase 1 of ``learned``/``real``), ``learned`` samples
+    K-hot masks with ``fold_in(key, step)`` and the real-valued masks get their
+    straight-through gradient; otherwise the fixed connectivity is used and the
+    masks get no gradient (so they do not move).
+
+    Returns:
+      The new state and scalar metrics: ``loss``, ``accuracy``, ``grad_norm``.
+    """
+    step_key = jax.random.fold_in(key, state.step)
+    params = state.params
+    trainable = params if learn_masks else {k: v for k, v in params.items() if k != "masks"}
+    frozen = {} if learn_masks else {k: v for k, v in params.items() if k == "masks"}
+
+    def loss_fn(trainable):
+        full = {**trainable, **frozen}
+        if net.connectivity == "learned" and learn_masks:
+            connectivity = masks.sample(step_key, full["masks"], net.fan_in)
+        else:
+            connectivity = models.forward_connectivity(net, full, fixed=state.connectivity)
+        logits, new_stats = models.apply(
+            net,
+            full,
+            state.batch_stats,
+            images,
+            connectivity=connectivity,
+            train=True,
+            axis_name=axis_name,
+        )
+        return _cross_entropy(logits, labels), (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        loss = jax.lax.pmean(loss, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    accuracy = (jnp.argmax(logits, -1) == labels).mean()
+    if axis_name is not None:
+        accuracy = jax.lax.pmean(accuracy, axis_name)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
+    new_state = state._replace(
+        step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
+def eval_connectivity(net: models.Network, state: TrainState):
+    """The connectivity evaluated: the top-K of the masks for ``learned`` (also in phase 1)."""
+    if net.connectivity == "learned":
+        return masks.top_k(state.params["masks"], net.fan_in)
+    return models.forward_connectivity(net, state.params, fixed=state.connectivity)
+
+
+def eval_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    *,
+    net: models.Network,
+) -> dict:
+    """Sums over the valid examples of a (padded) batch: loss, top-1, top-5, count."""
+    logits, _ = models.apply(
+        net,
+        state.params,
+        state.batch_stats,
+        images,
+        connectivity=eval_connectivity(net, state),
+        train=False,
+    )
+    valid = valid.astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+        "loss": (losses * valid).sum(),
+        "correct": ((jnp.argmax(logits, -1) == labels) * valid).sum(),
+        "correct_top5": ((top5 == labels[:, None]).any(-1) * valid).sum(),
+        "count": valid.sum(),
+    }
+
+
+def create_state(net: models.Network, tx, key: jax.Array) -> TrainState:
+    variables = models.init(key, net)
+    connectivity = variables["connectivity"]
+    if net.connectivity == "learned":
+        connectivity = jnp.zeros(net.masks_shape, jnp.float32)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        connectivity=connectivity,
+    )
+
+
+def state_digest(state: TrainState) -> str:
+    """sha256 over every array of the state, in a fixed (tree-path) order."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.asarray(leaf)
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _seed_keys(seed: int):
+    root = jax.random.key(seed)
+    # Independent streams: init, per-step mask samples, per-example augmentation.
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+
+
+def evaluate(eval_fn, state: TrainState, data) -> dict:
+    totals = None
+    for images, labels, valid in data.eval_batches():
+        sums = eval_fn(state, images, labels, valid)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    return {
+        "loss": float(totals["loss"]) / count,
+        "accuracy": float(totals["correct"]) / count,
+        "accuracy_top5": float(totals["correct_top5"]) / count,
+        "count": int(count),
+    }
+
+
+def _mask_metrics(net, state, previous_top_k):
+    if net.connectivity not in ("learned", "real"):
+        return {}, previous_top_k
+    real = state.params["masks"]
+    current = np.asarray(masks.top_k(real, net.fan_in))
+    changed = 0 if previous_top_k is None else int((current != previous_top_k).sum()) // 2
+    return {
+        "masks/entropy": float(masks.mean_entropy(real)),
+        "masks/changed": changed,
+        "masks/min": float(real.min()),
+        "masks/max": float(real.max()),
+    }, current
+
+
+def connectivity_record(net, state, live) -> dict:
+    """``connectivity.json``: binary connectivity, real-valued masks, live blocks per module."""
+    conn = eval_connectivity(net, state)
+    record = {
+        "arch": net.arch.name,
+        "connectivity": net.connectivity,
+        "fan_in": None if net.connectivity == "full" else net.fan_in,
+        "modules": [],
+    }
+    real = state.params.get("masks")
+    for index, spec in enumerate(net.arch.modules):
+        entry = {
+            "module": index + 1,
+            "cardinality": spec.cardinality,
+            "live": [bool(x) for x in live[index]],
+        }
+        if conn is not None and index > 0:
+            entry["binary"] = np.asarray(conn[index - 1]).astype(int).tolist()
+            if real is not None:
+                entry["real"] = np.round(np.asarray(real[index - 1], np.float64), 6).tolist()
+        record["modules"].append(entry)
+    return record
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary."""
+    start_time = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    is_writer = jax.process_index() == 0
+    net = build.network(config)
+    init_key, mask_key, augment_key = _seed_keys(int(config.seed))
+    data = input_pipeline.make_input(config, key=augment_key)
+    schedule = Schedule.from_config(config, data.num_train)
+    tx = make_optimizer(config, schedule)
+    if is_writer:
+        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+    step_fns = {
+        learn: jax.jit(
+            functools.partial(train_step, net=net, tx=tx, key=mask_key, learn_masks=learn),
+            donate_argnums=0,
+        )
+        for learn in (True, False)
+    }
+    eval_fn = jax.jit(functools.partial(eval_step, net=net))
+
+    state = jax.jit(create_state, static_argnums=(0, 1))(net, tx, init_key)
+    checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    meta_base = {
+        "model": config.model.to_dict(),
+        "data": config.data.name,
+        "seed": int(config.seed),
+        "prng_impl": str(jax.config.jax_default_prng_impl),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+    }
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, meta = checkpointer.restore(latest, state)
+        logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
+    start_step = int(state.step)
+    writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
+    total = schedule.total_steps
+    progress = Progress(total_steps=total, start_step=start_step, images_per_step=data.batch_size)
+    logging.info(
+        "%s: %d train / %d test examples, %d steps per epoch, phases of %s steps",
+        data.name,
+        data.num_train,
+        data.num_test,
+        schedule.steps_per_epoch,
+        schedule.phase_steps,
+    )
+    log_every = max(1, int(config.log_every_steps))
+    eval_every = max(1, round(float(config.eval_every_epochs) * schedule.steps_per_epoch))
+    save_every = max(1, int(config.checkpoint_every_steps))
+    learns_masks = net.connectivity in ("learned", "real")
+    previous_top_k = None
+    pending: list[dict] = []
+
+    def flush_metrics(step: int):
+        nonlocal previous_top_k
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        pending.clear()
+        losses = np.array([m["loss"] for m in fetched])
+        if not np.all(np.isfinite(losses)) or not all(np.isfinite(m["grad_norm"]) for m in fetched):
+            bad = step - len(fetched) + int(np.argmin(np.isfinite(losses)))
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {bad} (phase {schedule.phase(bad)}); "
+                f"the last checkpoint in {checkpointer.directory} is intact"
+            )
+        record = {
+            "epoch": round(schedule.epoch(step), 4),
+            "phase": schedule.phase(step - 1),
+            "train/loss": float(losses.mean()),
+            "train/accuracy": float(np.mean([m["accuracy"] for m in fetched])),
+            "train/grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+            "lr/weights": float(tx_weight_lr(step - 1)),
+            "lr/masks": float(tx_mask_lr(step - 1)) if learns_masks else 0.0,
+        }
+        mask_stats, previous_top_k = _mask_metrics(net, state, previous_top_k)
+        record.update(mask_stats)
+        writer.write(step, record)
+        progress.update(step, f"phase {record['phase']} loss {record['train/loss']:.3f}")
+
+    ends = schedule.phase_ends
+    tx_weight_lr = optim.piecewise_constant(ends[:-1], config.weight_learning_rates)
+    tx_mask_lr = optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0])
+
+    for step in range(start_step, total):
+        if net.connectivity == "learned" and step == ends[0]:
+            # Phase 2 starts: freeze each block's inputs to the top-K of its row.
+            state = state._replace(connectivity=masks.top_k(state.params["masks"], net.fan_in))
+            if is_writer:
+                live = prune.live_blocks(np.asarray(state.connectivity))
+                _write_json(
+                    os.path.join(workdir, "connectivity_frozen.json"),
+                    {"step": step, **connectivity_record(net, state, live)},
+                )
+            logging.info(
+                "Step %d: connectivity frozen to the top-%d of the masks", step, net.fan_in
+            )
+        learn = learns_masks and step < ends[0]
+        images, labels = data.train_batch(step)
+        state, metrics = step_fns[learn](state, images, labels)
+        pending.append(metrics)
+        done = step + 1
+        phase_end = done in ends
+        if done % log_every == 0 or phase_end:
+            flush_metrics(done)
+        if done % eval_every == 0 or phase_end:
+            flush_metrics(done)
+            result = evaluate(eval_fn, state, data)
+            writer.write(
+                done,
+                {
+                    "epoch": round(schedule.epoch(done), 4),
+                    "phase": schedule.phase(step),
+                    "test/loss": result["loss"],
+                    "test/accuracy": result["accuracy"],
+                    **(
+                        {"test/accuracy_top5": result["accuracy_top5"]}
+                        if data.name == "imagenet"
+                        else {}
+                    ),
+                },
+            )
+            logging.info("step %d: test accuracy %.4f", done, result["accuracy"])
+        if done % save_every == 0 or phase_end:
+            flush_metrics(done)  # never checkpoint a non-finite state
+            checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
+    flush_metrics(total)
+    progress.close()
+    checkpointer.wait()
+
+    final = evaluate(eval_fn, state, data)
+    summary = finish(
+        config,
+        workdir,
+        net,
+        state,
+        data,
+        final,
+        schedule,
+        wall_seconds=time.time() - start_time,
+        is_writer=is_writer,
+    )
+    writer.close()
+    checkpointer.close()
+    return summary
+
+
+def finish(config, workdir, net, state, data, final, schedule, *, wall_seconds, is_writer) -> dict:
+    """Prunes, writes ``connectivity.json``, the pruned model, figures and ``summary.json``."""
+    conn = eval_connectivity(net, state)
+    pruned = prune.prune(
+        net, state.params, state.batch_stats, None if conn is None else np.asarray(conn)
+    )
+    per_block = net.connectivity != "full"
+    size, channels = int(config.data.image_size), int(config.data.channels)
+    kw = dict(
+        image_size=size,
+        in_channels=channels,
+        num_classes=net.num_classes,
+        per_block_inputs=per_block,
+    )
+    before = costs.network_costs(net.arch, **kw)
+    after = costs.network_costs(pruned.net.arch, **kw)
+    summary = {
+        "dataset": data.name,
+        "arch": net.arch.name,
+        "connectivity": net.connectivity,
+        "fan_in": None if net.connectivity == "full" else net.fan_in,
+        "test_accuracy": final["accuracy"],
+        "test_loss": final["loss"],
+        "test_examples": final["count"],
+        "params_train": costs.count_params(state.params),
+        "params_test": costs.count_params(pruned.params),
+        "flops_train": before["flops_per_image"],
+        "flops_test": after["flops_per_image"],
+        "live_blocks_per_module": [int(k.sum()) for k in pruned.live],
+        "steps": int(state.step),
+        "wall_seconds": round(wall_seconds, 1),
+        "state_digest": state_digest(state),
+    }
+    if data.name == "imagenet":
+        summary["test_accuracy_top5"] = final["accuracy_top5"]
+    if not is_writer:
+        return summary
+    record = connectivity_record(net, state, pruned.live)
+    _write_json(os.path.join(workdir, "connectivity.json"), record)
+    if data.mean_image is not None:
+        export.save(
+            os.path.join(workdir, "pruned_model"),
+            pruned.net,
+            pruned.params,
+            pruned.batch_stats,
+            pruned.connectivity,
+            mean_image=data.mean_image,
+            crop=data.crop,
+        )
+    _figures(workdir, net, conn, pruned.live)
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def _figures(workdir, net, conn, live):
+    try:
+        from mcjax import plots
+    except ImportError as error:  # pragma: no cover - matplotlib is a dependency
+        logging.warning("no figures: %s", error)
+        return
+    binary = None if conn is None else [np.asarray(m) for m in conn]
+    title = f"{net.arch.name} {net.connectivity}" + (
+        "" if net.connectivity == "full" else f" K={net.fan_in}"
+    )
+    plots.plot_connectivity(
+        binary,
+        live,
+        os.path.join(workdir, "connectivity.png"),
+        title=title,
+        fan_in=None if net.connectivity == "full" else net.fan_in,
+    )
+    plots.plot_active_branches(live, os.path.join(workdir, "active_branches.png"), title=title)
+    records = read_records(os.path.join(workdir, "metrics.jsonl"))
+    plots.plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"), title=title)
+
+
+def format_summary(summary: dict) -> str:
+    """A few human lines for the end of a run."""
+    lines = [
+        f"{summary['dataset']} {summary['arch']} {summary['connectivity']}"
+        + (f" K={summary['fan_in']}" if summary.get("fan_in") else ""),
+        f"  test accuracy   {100 * summary['test_accuracy']:.2f}% "
+        f"({summary['test_examples']} examples)"
+        + (
+            f", top-5 {100 * summary['test_accuracy_top5']:.2f}%"
+            if "test_accuracy_top5" in summary
+            else ""
+        ),
+        f"  params train    {summary['params_train']:,}",
+        f"  params test     {summary['params_test']:,} (after pruning; live blocks per module "
+        f"{summary['live_blocks_per_module']})",
+        f"  FLOPs/img       {summary['flops_train'] / 1e6:.2f}M train, "
+        f"{summary['flops_test'] / 1e6:.2f}M test",
+        f"  steps           {summary['steps']} in {summary['wall_seconds']:.0f} s",
+        f"  state digest    {summary['state_digest'][:16]}",
+    ]
+    return "\n".join(lines)

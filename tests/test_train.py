@@ -1,0 +1,210 @@
+"""End-to-end training on tiny data the tests write: every data set, resume, freezing."""
+
+import json
+import os
+import shutil
+
+import fake_data
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
+from mcjax import masks, train
+from mcjax.checkpoint import Checkpointer
+from mcjax.metric_writers import read_records
+
+OUTPUTS = [
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "connectivity.json",
+    "connectivity.png",
+    "active_branches.png",
+    "learning_curves.png",
+]
+
+
+def tiny(config, **data):
+    """A small network and a few steps per phase, on top of a data set's own config."""
+    config.model.arch = "11,2,4"
+    config.model.fan_in = 2
+    config.batch_size = 8
+    config.eval_batch_size = 6
+    config.log_every_steps = 2
+    config.eval_every_epochs = 100.0
+    config.checkpoint_every_steps = 3
+    config.keep_checkpoints = 20
+    for key, value in data.items():
+        config.data[key] = value
+    return config
+
+
+def digits_config(**model):
+    config = tiny(digits.get_config())
+    config.phase_epochs = (0.05, 0.03, 0.02, 0.02)  # 9, 5, 4, 4 steps of 8 images
+    for key, value in model.items():
+        config.model[key] = value
+    return config
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One tiny learned-connectivity digits run (K = 1), shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("digits")
+    config = digits_config(fan_in=1)
+    summary = train.train_and_evaluate(config, str(workdir))
+    return config, workdir, summary
+
+
+def _check_outputs(workdir, expected_test_examples):
+    for name in OUTPUTS:
+        assert os.path.exists(os.path.join(workdir, name)), name
+    summary = _json(os.path.join(workdir, "summary.json"))
+    for key in (
+        "test_accuracy",
+        "params_train",
+        "params_test",
+        "flops_train",
+        "flops_test",
+        "steps",
+        "wall_seconds",
+        "state_digest",
+    ):
+        assert key in summary, key
+    assert summary["test_examples"] == expected_test_examples
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["params_test"] <= summary["params_train"]
+    records = read_records(os.path.join(workdir, "metrics.jsonl"))
+    assert {r["phase"] for r in records} == {1, 2, 3, 4}
+    for name in ("connectivity.png", "learning_curves.png"):
+        with Image.open(os.path.join(workdir, name)) as image:
+            assert image.size[0] > 100
+    return summary
+
+
+def test_digits_end_to_end_with_pruned_model(digits_run):
+    _, workdir, summary = digits_run
+    _check_outputs(workdir, expected_test_examples=360)  # 360 = 60 batches of 6
+    from mcjax import datasets, export
+
+    model = export.load(str(workdir / "pruned_model"))
+    data = datasets.load_digits()
+    logits = export.predict(model, data.test_images)
+    accuracy = float((np.argmax(logits, -1) == data.test_labels).mean())
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_cifar10_end_to_end_and_eval_count(tmp_path):
+    fake_data.prepare_cifar(tmp_path / "tfds", num_train=40, num_test=13, name="cifar10")
+    config = tiny(cifar10.get_config(), data_dir=str(tmp_path / "tfds"))
+    config.phase_epochs = (1, 1, 1, 1)  # 5 steps each
+    summary = _check_outputs_after(config, tmp_path / "run", 13)  # 13 = 2 x 6 + 1
+    assert summary["dataset"] == "cifar10"
+
+
+def test_cifar100_end_to_end(tmp_path):
+    fake_data.prepare_cifar(tmp_path / "tfds", num_train=24, num_test=5, name="cifar100")
+    config = tiny(cifar100.get_config(), data_dir=str(tmp_path / "tfds"))
+    config.phase_epochs = (1, 1, 1, 1)
+    _check_outputs_after(config, tmp_path / "run", 5)
+
+
+def test_mini_imagenet_end_to_end(tmp_path):
+    fake_data.make_image_folder(tmp_path / "images", num_classes=3, per_class=7, size=(30, 24))
+    config = tiny(
+        mini_imagenet.get_config(),
+        data_dir=str(tmp_path / "images"),
+        num_classes=3,
+        folder_image_size=20,
+        image_size=16,
+        train_per_class=5,
+        test_per_class=2,
+    )
+    config.phase_epochs = (1, 1, 1, 1)
+    summary = _check_outputs_after(config, tmp_path / "run", 6)
+    assert summary["dataset"] == "mini_imagenet"
+
+
+def test_imagenet_end_to_end_reports_top5(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def examples(prefix, count):
+        def gen():
+            for i in range(count):
+                pixels = rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)
+                yield (
+                    f"{prefix}{i}",
+                    {
+                        "file_name": f"{prefix}{i}.JPEG",
+                        "image": Image.fromarray(pixels),
+                        "label": i % 7,
+                    },
+                )
+
+        return gen
+
+    fake_data.prepare_imagenet(tmp_path / "tfds", examples("t", 16), examples("v", 7))
+    config = tiny(imagenet.get_config(), data_dir=str(tmp_path / "tfds"), image_size=32)
+    config.model.stem = "imagenet"
+    config.phase_epochs = (1, 1, 1, 1)  # 2 steps each
+    summary = _check_outputs_after(config, tmp_path / "run", 7, pruned_model=False)
+    assert 0.0 <= summary["test_accuracy_top5"] <= 1.0
+    assert summary["test_accuracy_top5"] >= summary["test_accuracy"]
+
+
+def _check_outputs_after(config, workdir, test_examples, pruned_model=True):
+    train.train_and_evaluate(config, str(workdir))
+    summary = _check_outputs(workdir, test_examples)
+    assert os.path.exists(workdir / "pruned_model" / "model.json") == pruned_model
+    return summary
+
+
+def test_resume_after_interruption_gives_the_same_state(digits_run, tmp_path):
+    config, whole, summary = digits_run
+    # The workdir a run killed after step 6 leaves behind: its checkpoints up to 6.
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(whole, interrupted)
+    for name in os.listdir(interrupted / "checkpoints"):
+        if name.isdigit() and int(name) > 6:
+            shutil.rmtree(interrupted / "checkpoints" / name)
+    os.remove(interrupted / "summary.json")
+    resumed = train.train_and_evaluate(config, str(interrupted))
+    assert resumed["state_digest"] == summary["state_digest"]
+    assert resumed["steps"] == summary["steps"] == 22
+    steps = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r]
+    assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
+
+
+def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
+    config, workdir, _ = digits_run
+    frozen = _json(workdir / "connectivity_frozen.json")
+    final = _json(workdir / "connectivity.json")
+    assert frozen["step"] == 9
+
+    net = train.build.network(config)
+    tx = train.make_optimizer(config, train.Schedule.from_config(config, 1437))
+    template = train.create_state(net, tx, jax.random.key(0))
+    checkpoints = Checkpointer(str(workdir))
+    end_of_phase_1, _ = checkpoints.restore(9, template)
+    last, _ = checkpoints.restore(22, template)
+    expected = np.asarray(masks.top_k(end_of_phase_1.params["masks"], 1))
+    for index, module in enumerate(frozen["modules"][1:]):
+        np.testing.assert_array_equal(module["binary"], expected[index])
+        np.testing.assert_array_equal(final["modules"][index + 1]["binary"], expected[index])
+    np.testing.assert_array_equal(last.connectivity, expected)
+    # Frozen masks never move again.
+    np.testing.assert_array_equal(last.params["masks"], end_of_phase_1.params["masks"])
+    records = read_records(workdir / "metrics.jsonl")
+    assert all(0.0 <= r["masks/min"] <= r["masks/max"] <= 1.0 for r in records if "masks/min" in r)
+    assert any(r["masks/changed"] > 0 for r in records if r.get("phase") == 1)
+    assert all(
+        r["masks/changed"] == 0 for r in records if r.get("phase", 1) > 1 and "masks/changed" in r
+    )
+    checkpoints.close()
