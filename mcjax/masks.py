@@ -34,12 +34,12 @@ __all__ = [
     "top_k",
 ]
 
-# Probabilities below this floor are raised to it before taking logs, so that a
-# zero entry gets a finite logit (about -87 in float32). A zero entry is then
-# drawn only after every positive entry of its row, and zero entries tie-break
-# uniformly among themselves: rows with fewer than K positive entries (or none)
-# still give K distinct valid indices and never NaN.
-_PROB_FLOOR = float(jnp.finfo(jnp.float32).tiny)
+# Zero entries get this logit instead of log(0). Every positive float32
+# probability has a log above -104 and Gumbel noise lies within about [-5, 17],
+# so a zero entry is drawn only after every positive entry of its row, and zero
+# entries tie-break uniformly among themselves: rows with fewer than K positive
+# entries (or none) still give K distinct valid indices and never NaN.
+_ZERO_LOGIT = -1e4
 
 
 def _check_k(k: int, num_inputs: int) -> None:
@@ -62,14 +62,18 @@ def _indices_to_k_hot(indices: Array, num_inputs: int, dtype) -> Array:
     return jax.nn.one_hot(indices, num_inputs, dtype=dtype).sum(axis=-2)
 
 
-def _row_log_probs(real_masks: Array) -> Array:
-    """Log of each row normalised to sum 1 (Alg. 1, step 1), floored."""
+def _row_probs(real_masks: Array) -> Array:
+    """Each row normalised to sum 1 (Alg. 1, step 1); negative entries count as 0."""
     weights = jnp.clip(real_masks.astype(jnp.float32), 0.0, None)
     totals = weights.sum(axis=-1, keepdims=True)
-    num_inputs = real_masks.shape[-1]
-    # An all-zero row is treated as uniform.
-    probs = jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 1.0 / num_inputs)
-    return jnp.log(jnp.maximum(probs, _PROB_FLOOR))
+    return weights / jnp.where(totals > 0, totals, 1.0)
+
+
+def _row_log_probs(real_masks: Array) -> Array:
+    """Logits of the normalised rows, ``_ZERO_LOGIT`` for zero entries."""
+    probs = _row_probs(real_masks)
+    positive = probs > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, probs, 1.0)), _ZERO_LOGIT)
 
 
 def sample(key: Array, real_masks: Array, k: int) -> Array:
@@ -229,8 +233,9 @@ def inclusion_probabilities(real_masks: Array, k: int) -> Array:
     """Exact probability that each entry is among the ``k`` drawn by :func:`sample`.
 
     Computed by enumerating all ordered draws, so it costs ``O(C!/(C-k)!)`` per
-    row: meant for tests and small ``C`` (``C <= 8``). Rows are normalised and
-    floored exactly as in :func:`sample`.
+    row: meant for tests and small ``C`` (``C <= 8``). As in :func:`sample`, each
+    draw is proportional to the row over the entries not yet taken, and uniform
+    over them once no positive entry is left.
 
     Args:
       real_masks: ``[..., C_out, C_in]``.
@@ -246,16 +251,16 @@ def inclusion_probabilities(real_masks: Array, k: int) -> Array:
     _check_masks(real_masks)
     num_inputs = real_masks.shape[-1]
     _check_k(k, num_inputs)
-    probs = np.exp(np.asarray(_row_log_probs(real_masks), np.float64))
-    probs = probs / probs.sum(axis=-1, keepdims=True)
+    probs = np.asarray(_row_probs(real_masks), np.float64)
     flat = probs.reshape(-1, num_inputs)
     result = np.zeros_like(flat)
     for row, p in enumerate(flat):
         for seq in itertools.permutations(range(num_inputs), k):
-            prob, left = 1.0, 1.0
+            prob, remaining = 1.0, set(range(num_inputs))
             for index in seq:
-                prob *= p[index] / left
-                left -= p[index]
+                mass = sum(p[i] for i in remaining)
+                prob *= p[index] / mass if mass > 0 else 1.0 / len(remaining)
+                remaining.discard(index)
             result[row, list(seq)] += prob
     return jnp.asarray(result.reshape(probs.shape), jnp.float32)
 
@@ -267,5 +272,6 @@ def mean_entropy(real_masks: Array) -> Array:
     the connectivity is, logged during training.
     """
     _check_masks(real_masks)
-    log_probs = _row_log_probs(real_masks)
-    return -(jnp.exp(log_probs) * log_probs).sum(axis=-1).mean()
+    probs = _row_probs(real_masks)
+    safe = jnp.where(probs > 0, probs, 1.0)
+    return -(probs * jnp.log(safe)).sum(axis=-1).mean()
