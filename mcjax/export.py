@@ -36,7 +36,8 @@ class LoadedModel:
     params: dict
     batch_stats: dict
     connectivity: list[np.ndarray] | None
-    mean_image: np.ndarray  # float32 [H, W, C] in [0, 1] units, subtracted after /255
+    mean_image: np.ndarray  # float32 [H, W, C] or [C] in [0, 1] units, subtracted after /255
+    std: np.ndarray  # float32, broadcastable; the result is divided by it
     crop: int | None  # centre crop applied before the network, or None
 
 
@@ -80,9 +81,14 @@ def save(
     connectivity,
     *,
     mean_image: np.ndarray,
+    std: np.ndarray | float = 1.0,
     crop: int | None = None,
 ) -> None:
-    """Writes ``path/model.json`` and ``path/arrays.npz``."""
+    """Writes ``path/model.json`` and ``path/arrays.npz``.
+
+    Test-time preprocessing recorded with it: centre ``crop`` (if any), then
+    ``(images / 255 - mean_image) / std``.
+    """
     os.makedirs(path, exist_ok=True)
     description = {
         "format": FORMAT,
@@ -104,6 +110,7 @@ def save(
     if connectivity is not None:
         arrays.update(_flatten({"connectivity": list(connectivity)}))
     arrays["mean_image"] = np.asarray(mean_image, np.float32)
+    arrays["std"] = np.asarray(std, np.float32)
     with open(os.path.join(path, "model.json"), "w") as f:
         json.dump(description, f, indent=1)
     np.savez(os.path.join(path, "arrays.npz"), **arrays)
@@ -140,22 +147,33 @@ def load(path: str) -> LoadedModel:
         batch_stats=jax.tree.map(jnp.asarray, tree["batch_stats"]),
         connectivity=connectivity,
         mean_image=tree["mean_image"],
+        std=tree["std"],
         crop=description["crop"],
     )
 
 
+def _center_crop(x, size: int, *, height_axis: int):
+    top = (x.shape[height_axis] - size) // 2
+    left = (x.shape[height_axis + 1] - size) // 2
+    index = [slice(None)] * x.ndim
+    index[height_axis] = slice(top, top + size)
+    index[height_axis + 1] = slice(left, left + size)
+    return x[tuple(index)]
+
+
 def predict(model: LoadedModel, images: Any) -> jax.Array:
-    """Logits ``[N, classes]`` for uint8 images ``[N, H, W, C]`` (test-time preprocessing)."""
+    """Logits ``[N, classes]`` for uint8 images ``[N, H, W, C]`` (test-time preprocessing).
+
+    ImageNet models expect images already resized (shorter side 256) and
+    centre-cropped to 224, as :mod:`mcjax.imagenet_input` does for evaluation.
+    """
     images = jnp.asarray(images)
     mean = jnp.asarray(model.mean_image)
     if model.crop is not None:
-        h, w = images.shape[1:3]
-        top, left = (h - model.crop) // 2, (w - model.crop) // 2
-        images = images[:, top : top + model.crop, left : left + model.crop]
-        mh, mw = mean.shape[:2]
-        mt, ml = (mh - model.crop) // 2, (mw - model.crop) // 2
-        mean = mean[mt : mt + model.crop, ml : ml + model.crop]
-    x = images.astype(jnp.float32) / 255.0 - mean
+        images = _center_crop(images, model.crop, height_axis=1)
+        if mean.ndim == 3:  # a per-pixel mean is cropped like the images
+            mean = _center_crop(mean, model.crop, height_axis=0)
+    x = (images.astype(jnp.float32) / 255.0 - mean) / jnp.asarray(model.std)
     logits, _ = models.apply(
         model.net,
         model.params,

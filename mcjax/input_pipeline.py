@@ -88,6 +88,7 @@ class InMemoryInput:
             )
         self._key = key
         self.mean_image = np.asarray(data.mean_image, np.float32)
+        self.std = np.float32(1.0)
         self._mean = jnp.asarray(self.mean_image)
         self._train = (jnp.asarray(data.train_images), jnp.asarray(data.train_labels))
         self._test = (jnp.asarray(data.test_images), jnp.asarray(data.test_labels))
@@ -138,7 +139,9 @@ class StreamingInput:
         self.num_train = self.source.num_train
         self.num_test = self.source.num_test
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
-        self.mean_image = None
+        # Per-channel normalisation for the exported model (images pre-cropped to 224).
+        self.mean_image = imagenet_input.IMAGENET_MEAN
+        self.std = imagenet_input.IMAGENET_STD
         self.crop = None
 
     @property
