@@ -25,6 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aggregation = "mean"  # mean | sum (the paper)
     config.model.branch_impl = "auto"  # auto | loop | grouped | vmap
     config.model.mask_init = 0.5
+    # Start each block's last BN scale at 0 (as flax's ImageNet ResNet): "auto" does it
+    # for "full" only. There C unit-variance branch outputs are summed into one stream
+    # at init (digits: loss 11 at first, 71% in the end; 97.2% with it). In the masked
+    # modes it makes every block of a module start identical, which starves connectivity
+    # learning (digits, learned K=4: 94.4% with it, 97.8% without).
+    config.model.zero_init_residual = "auto"  # auto | True | False
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     config.data = ml_collections.ConfigDict()

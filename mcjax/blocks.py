@@ -57,8 +57,14 @@ def resolve_branch_impl(impl: str, backend: str | None = None) -> str:
     return _AUTO_IMPL.get(backend or jax.default_backend(), "grouped")
 
 
-def init_module(key: Array, spec: ModuleSpec) -> tuple[dict, dict]:
+def init_module(
+    key: Array, spec: ModuleSpec, *, zero_init_residual: bool = False
+) -> tuple[dict, dict]:
     """Parameters and BN statistics of one module.
+
+    With ``zero_init_residual`` the scale of each block's last BN starts at 0, so
+    every block starts as its shortcut (as flax's ImageNet ResNet does): C
+    unit-variance branch outputs are not summed into the stream at init.
 
     Returns:
       ``(params, stats)``. ``params`` has ``conv1 [C,1,1,c_in,b]``,
@@ -74,6 +80,8 @@ def init_module(key: Array, spec: ModuleSpec) -> tuple[dict, dict]:
     params["conv3"] = layers.he_normal(k3, (c, 1, 1, b, spec.out_channels))
     for name, width in (("bn1", b), ("bn2", b), ("bn3", spec.out_channels)):
         params[name], stats[name] = layers.bn_init((c, width))
+    if zero_init_residual:
+        params["bn3"]["scale"] = jnp.zeros_like(params["bn3"]["scale"])
     if spec.has_projection:
         bn_params, bn_stats = layers.bn_init((spec.out_channels,))
         params["shortcut"] = {

@@ -12,6 +12,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 __all__ = ["network"]
 
 
+def _zero_init_residual(model) -> bool:
+    value = model.get("zero_init_residual", "auto")
+    if value == "auto":
+        return model.connectivity == "full"
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"config.model.zero_init_residual must be 'auto', True or False, got {value!r}"
+        )
+    return value
+
+
 def network(config) -> Network:
     """The :class:`~mcjax.models.Network` that ``config.model`` and ``config.data`` describe."""
     model, data = config.model, config.data
@@ -28,4 +39,5 @@ def network(config) -> Network:
         branch_impl=model.branch_impl,
         mask_init=float(model.mask_init),
         dtype=DTYPES[model.dtype],
+        zero_init_residual=_zero_init_residual(model),
     )

@@ -88,14 +88,23 @@ class Schedule:
         return step / self.steps_per_epoch
 
 
-def make_optimizer(config, schedule: Schedule) -> optax.GradientTransformation:
+def learning_rates(config, schedule: Schedule) -> tuple[optax.Schedule, optax.Schedule]:
     """Weights: the per-phase rates; masks: ``mask_learning_rate`` in phase 1, then 0."""
     if len(config.weight_learning_rates) != len(config.phase_epochs):
         raise ValueError("need one weight learning rate per phase")
     ends = schedule.phase_ends
+    return (
+        optim.piecewise_constant(ends[:-1], config.weight_learning_rates),
+        optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0]),
+    )
+
+
+def make_optimizer(config, schedule: Schedule) -> optax.GradientTransformation:
+    """The :func:`mcjax.optim.maskconnect` optimizer with the rates of :func:`learning_rates`."""
+    weights_lr, masks_lr = learning_rates(config, schedule)
     return optim.maskconnect(
-        weight_learning_rate=optim.piecewise_constant(ends[:-1], config.weight_learning_rates),
-        mask_learning_rate=optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0]),
+        weight_learning_rate=weights_lr,
+        mask_learning_rate=masks_lr,
         weight_decay=float(config.weight_decay),
         momentum=float(config.momentum),
         decay_norm_and_bias=bool(config.decay_norm_and_bias),
@@ -355,8 +364,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         fetched = jax.device_get(pending)
         pending.clear()
         losses = np.array([m["loss"] for m in fetched])
-        if not np.all(np.isfinite(losses)) or not all(np.isfinite(m["grad_norm"]) for m in fetched):
-            bad = step - len(fetched) + int(np.argmin(np.isfinite(losses)))
+        finite = np.isfinite(losses) & np.isfinite([m["grad_norm"] for m in fetched])
+        if not finite.all():
+            bad = step - len(fetched) + int(np.argmin(finite))
             raise FloatingPointError(
                 f"non-finite loss or gradient at step {bad} (phase {schedule.phase(bad)}); "
                 f"the last checkpoint in {checkpointer.directory} is intact"
@@ -376,8 +386,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.update(step, f"phase {record['phase']} loss {record['train/loss']:.3f}")
 
     ends = schedule.phase_ends
-    tx_weight_lr = optim.piecewise_constant(ends[:-1], config.weight_learning_rates)
-    tx_mask_lr = optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0])
+    tx_weight_lr, tx_mask_lr = learning_rates(config, schedule)
 
     for step in range(start_step, total):
         if net.connectivity == "learned" and step == ends[0]:

@@ -614,3 +614,24 @@ def test_network_rejects_bad_settings():
         settings = {"num_classes": NUM_CLASSES, "fan_in": K, **kwargs}
         with pytest.raises(ValueError, match=match):
             models.Network(ARCH, **settings)
+
+
+def test_zero_init_residual_makes_every_block_its_shortcut():
+    arch = get_architecture("11,2,4")
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    for zero in (True, False):
+        net = models.Network(arch, num_classes=3, fan_in=2, zero_init_residual=zero)
+        variables = models.init(jax.random.key(0), net)
+        scales = [m["bn3"]["scale"] for m in variables["params"]["modules"]]
+        assert all(bool((s == 0).all()) == zero for s in scales)
+        params, stats = variables["params"], variables["batch_stats"]
+        spec = arch.modules[0]
+        x, _ = models._stem(net, params["stem"], stats["stem"], images, train=True, axis_name=None)
+        y, _ = blocks.multi_branch_module(
+            params["modules"][0], stats["modules"][0], x, stride=spec.stride, train=True
+        )
+        shortcut, _ = blocks.shortcut(
+            params["modules"][0], stats["modules"][0], x, stride=spec.stride, train=True
+        )
+        same = bool(jnp.allclose(y, jax.nn.relu(shortcut)[None].repeat(4, 0)))
+        assert same == zero
