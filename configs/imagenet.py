@@ -23,5 +23,6 @@ def get_config():
     config.phase_epochs = (30, 30, 30, 30)
     config.weight_learning_rates = (0.1, 0.1, 0.01, 0.001)
     config.batch_size = 256
+    config.eval_batch_size = 400  # 50,000 validation images in 125 batches; divides over 8 or 16
     config.weight_decay = 1e-4
     return config

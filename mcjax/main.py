@@ -12,14 +12,20 @@ import os
 import pathlib
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import datasets, train
+from mcjax import datasets, train, validation
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_DEFAULT_CONFIG), "Training config file.", lock_config=True
+)
+_FORCE_RESUME = flags.DEFINE_bool(
+    "force_resume",
+    False,
+    "Resume the run in --workdir even if its config.json describes another network.",
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and figures (default: runs/<data set>)."
@@ -40,6 +46,13 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", config.data.name)
+    try:  # every field, before anything is loaded or compiled
+        validation.validate_config(config, num_devices=jax.device_count())
+        validation.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
+    except validation.ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     logging.info("workdir %s", workdir)
     try:
         summary = train.train_and_evaluate(config, workdir)

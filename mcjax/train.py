@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mcjax import build, costs, export, input_pipeline, masks, models, optim, prune
+from mcjax import build, costs, export, input_pipeline, masks, models, optim, prune, validation
 from mcjax.checkpoint import Checkpointer
 from mcjax.metric_writers import MetricWriter, read_records
 from mcjax.progress import Progress
@@ -306,6 +306,7 @@ def connectivity_record(net, state, live) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary."""
     start_time = time.time()
+    validation.validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     is_writer = jax.process_index() == 0
     net = build.network(config)

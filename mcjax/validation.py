@@ -1,0 +1,463 @@
+"""Up-front checks of a training config, before anything is compiled or loaded.
+
+:func:`validate_config` checks every field of a config (see ``configs/default.py``)
+and raises :class:`ConfigError` listing **every** problem it found, one sentence
+per problem and one problem per line (``error.problems`` holds them as a tuple).
+Each sentence names the field as it is written on the command line (e.g.
+``config.model.fan_in``), the value it has, and what is allowed. A config with one
+bad field gives exactly one line: checks that depend on another field (the fan-in
+range on the architecture, the image size on the data set, ...) are skipped while
+that field is itself wrong, so one mistake is never reported twice.
+
+:func:`check_workdir_matches` compares a config with the ``config.json`` that an
+earlier run wrote into the same workdir, so that a run is never resumed from a
+checkpoint of a different network by accident.
+
+Typical use (``mcjax/main.py``)::
+
+    try:
+        validation.validate_config(config, num_devices=jax.device_count())
+        validation.check_workdir_matches(workdir, config, force=force_resume)
+    except validation.ConfigError as error:
+        ...  # print it, exit with status 2
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from mcjax.architectures import STEMS, Architecture, get_architecture
+from mcjax.blocks import BRANCH_IMPLS
+from mcjax.build import DTYPES
+from mcjax.models import AGGREGATIONS, CONNECTIVITIES
+
+__all__ = [
+    "DATASETS",
+    "MODEL_DATA_FIELDS",
+    "NUM_PHASES",
+    "RESUMABLE_MODEL_FIELDS",
+    "ConfigError",
+    "check_workdir_matches",
+    "validate_config",
+]
+
+DATASETS = ("digits", "cifar10", "cifar100", "mini_imagenet", "imagenet")
+
+# The protocol (paper appendix E): phase 1 trains weights and masks jointly,
+# phases 2-4 fine-tune the weights with the connectivity frozen.
+NUM_PHASES = 4
+
+# What each data set's loader produces: (image_size, channels); None = any size.
+# Mini-ImageNet and ImageNet are cropped to config.data.image_size, so any size works.
+_IMAGE_SHAPES: dict[str, tuple[int | None, int]] = {
+    "digits": (8, 1),
+    "cifar10": (32, 3),
+    "cifar100": (32, 3),
+    "mini_imagenet": (None, 3),
+    "imagenet": (None, 3),
+}
+
+# Classes of the data sets whose class count is fixed (a Mini-ImageNet folder may hold
+# any number of class subfolders).
+_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+_MASKED_CONNECTIVITIES = ("learned", "real")  # the ones with trainable masks
+
+# config.data fields that shape the network or its head, compared on resume.
+MODEL_DATA_FIELDS = ("name", "num_classes", "image_size", "channels")
+
+# config.model fields that may change on resume: they choose how the same function of
+# the same parameters is computed (mcjax.blocks.BRANCH_IMPLS; parameters stay float32).
+RESUMABLE_MODEL_FIELDS = ("branch_impl", "dtype")
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config field has a value that cannot work.
+
+    ``str(error)`` is one sentence per problem, one per line; each names the field
+    (e.g. ``config.model.fan_in``), its value and what is allowed. ``problems`` holds
+    the sentences as a tuple.
+    """
+
+    def __init__(self, problems: str | Sequence[str]):
+        if isinstance(problems, str):
+            problems = (problems,)
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (``bool`` and NaN/inf are not)."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _choices(options: Sequence[Any]) -> str:
+    return ", ".join(repr(option) for option in options)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(".") else text + "."
+
+
+class _Checker:
+    """Collects the problems of one config."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.problems: list[str] = []
+
+    # ------------------------------------------------------------------ helpers
+
+    def get(self, path: str) -> Any:
+        """The value at ``path`` (e.g. ``"model.fan_in"``), or ``_MISSING``."""
+        node = self.config
+        for part in path.split("."):
+            node = getattr(node, part, _MISSING)
+            if node is _MISSING:
+                return _MISSING
+        return node
+
+    def bad(self, path: str, value: Any, allowed: str) -> None:
+        """Records ``config.<path> is <value>, but it must be <allowed>.``."""
+        self.problems.append(_sentence(f"config.{path} is {value!r}, but it must be {allowed}"))
+
+    def present(self, path: str, allowed: str) -> Any:
+        """The value at ``path``; records a problem and returns ``_MISSING`` if absent."""
+        value = self.get(path)
+        if value is _MISSING:
+            self.problems.append(_sentence(f"config.{path} is missing; it must be {allowed}"))
+        return value
+
+    def positive_int(self, path: str) -> int | None:
+        value = self.present(path, "a positive int")
+        if value is _MISSING:
+            return None
+        if not _is_int(value) or value < 1:
+            self.bad(path, value, "a positive int")
+            return None
+        return int(value)
+
+    def number(self, path: str, allowed: str, ok) -> float | None:
+        """A finite number for which ``ok(value)`` holds; else records ``allowed``."""
+        value = self.present(path, allowed)
+        if value is _MISSING:
+            return None
+        if not _is_number(value) or not ok(value):
+            self.bad(path, value, allowed)
+            return None
+        return float(value)
+
+    def choice(self, path: str, options: Sequence[str]) -> str | None:
+        allowed = f"one of {_choices(options)}"
+        value = self.present(path, allowed)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, str) or value not in options:
+            self.bad(path, value, allowed)
+            return None
+        return value
+
+    def boolean(self, path: str) -> None:
+        value = self.present(path, "True or False")
+        if value is not _MISSING and not isinstance(value, bool):
+            self.bad(path, value, "True or False")
+
+    def per_phase(self, path: str, what: str, allowed: str, ok) -> None:
+        """A sequence of ``NUM_PHASES`` numbers, each with ``ok(number)``."""
+        shape = (
+            f"a sequence of {NUM_PHASES} numbers, {what} (phase 1: joint training of "
+            "weights and masks; phases 2-4: fine-tuning with the connectivity frozen)"
+        )
+        value = self.present(path, shape)
+        if value is _MISSING:
+            return
+        if not _is_sequence(value) or len(value) != NUM_PHASES:
+            self.bad(path, value, shape)
+            return
+        for index, entry in enumerate(value):
+            if not _is_number(entry) or not ok(entry):
+                self.problems.append(
+                    _sentence(
+                        f"config.{path}[{index}] (phase {index + 1}) is {entry!r} in "
+                        f"{tuple(value)!r}, but it must be {allowed}"
+                    )
+                )
+
+    # ------------------------------------------------------------------ sections
+
+    def model(self) -> tuple[Architecture | None, str | None]:
+        """Checks ``config.model``; returns the architecture and connectivity if valid."""
+        stems = f"'' (the architecture's own) or one of {_choices(STEMS)}"
+        stem = self.present("model.stem", stems)
+        stem_ok = stem is _MISSING or stem is None or stem == "" or stem in STEMS
+        if stem is not _MISSING and not stem_ok:
+            self.bad("model.stem", stem, stems)
+
+        arch = None
+        name = self.present("model.arch", "an architecture name such as '29,8,8'")
+        if name is not _MISSING:
+            if not isinstance(name, str):
+                self.bad(
+                    "model.arch",
+                    name,
+                    "a string: 'D,w,C' (e.g. '29,8,8') or 'resnext{50,101,152}_{C}x{w}d'",
+                )
+            else:
+                try:
+                    arch = get_architecture(name, stem=(stem or None) if stem_ok else None)
+                except ValueError as error:
+                    reason = str(error).rstrip(".")
+                    self.problems.append(
+                        _sentence(f"config.model.arch is {name!r}, which is not valid: {reason}")
+                    )
+
+        connectivity = self.choice("model.connectivity", CONNECTIVITIES)
+        self.choice("model.aggregation", AGGREGATIONS)
+        self.choice("model.branch_impl", BRANCH_IMPLS)
+        self.choice("model.dtype", tuple(DTYPES))
+        self.number("model.mask_init", "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+        zero_init = self.present("model.zero_init_residual", "'auto', True or False")
+        if zero_init is not _MISSING and not (zero_init == "auto" or isinstance(zero_init, bool)):
+            self.bad(
+                "model.zero_init_residual",
+                zero_init,
+                "'auto' (on for connectivity 'full' only), True or False",
+            )
+
+        fan_in = self.present("model.fan_in", "an int K with 1 <= K <= C")
+        if fan_in is not _MISSING:
+            if not _is_int(fan_in):
+                self.bad("model.fan_in", fan_in, "an int K with 1 <= K <= C")
+            elif connectivity not in (None, "full") and arch is not None:
+                cardinality = arch.cardinality
+                if not 1 <= fan_in <= cardinality:
+                    self.bad(
+                        "model.fan_in",
+                        fan_in,
+                        f"an int K with 1 <= K <= C = {cardinality}, the cardinality of "
+                        f"architecture {arch.name!r} (connectivity {connectivity!r}; "
+                        "only 'full' ignores K)",
+                    )
+        return arch, connectivity
+
+    def data(self) -> None:
+        name = self.choice("data.name", DATASETS)
+        num_classes = self.positive_int("data.num_classes")
+        image_size = self.positive_int("data.image_size")
+        channels = self.positive_int("data.channels")
+        data_dir = self.get("data.data_dir")  # optional
+        if data_dir not in (_MISSING, None) and not isinstance(data_dir, str):
+            self.bad("data.data_dir", data_dir, "a string ('' for the default)")
+        if name is None:
+            return
+        expected_size, expected_channels = _IMAGE_SHAPES[name]
+        if expected_size is not None and image_size is not None and image_size != expected_size:
+            self.bad(
+                "data.image_size",
+                image_size,
+                f"{expected_size} for {name} (its images are {expected_size}x{expected_size})",
+            )
+        if channels is not None and channels != expected_channels:
+            self.bad(
+                "data.channels",
+                channels,
+                f"{expected_channels} for {name} "
+                f"({'grayscale' if expected_channels == 1 else 'RGB'} images)",
+            )
+        expected_classes = _NUM_CLASSES.get(name)
+        if None not in (expected_classes, num_classes) and num_classes != expected_classes:
+            self.bad("data.num_classes", num_classes, f"{expected_classes}, the classes of {name}")
+        if name == "mini_imagenet":
+            folder_size = 84  # mcjax.datasets.load's default
+            if self.get("data.folder_image_size") is not _MISSING:
+                folder_size = self.positive_int("data.folder_image_size")
+            for field in ("train_per_class", "test_per_class"):
+                if self.get(f"data.{field}") is not _MISSING:
+                    self.positive_int(f"data.{field}")
+            if None not in (image_size, folder_size) and image_size > folder_size:
+                self.bad(
+                    "data.image_size",
+                    image_size,
+                    f"at most config.data.folder_image_size = {folder_size} "
+                    "(the crop is taken from the resized images)",
+                )
+
+    def batches(self, num_devices: int | None) -> None:
+        for field in ("batch_size", "eval_batch_size"):
+            size = self.positive_int(field)
+            if size is not None and num_devices is not None and size % num_devices:
+                lower = size // num_devices * num_devices
+                options = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
+                self.bad(
+                    field,
+                    size,
+                    f"a multiple of the number of devices, num_devices = {num_devices}, so "
+                    f"that every device gets an equal share (e.g. {options})",
+                )
+
+    def optimizer(self, connectivity: str | None) -> None:
+        self.per_phase(
+            "phase_epochs",
+            "the epochs of each phase",
+            "a number of epochs > 0",
+            lambda v: v > 0,
+        )
+        self.per_phase(
+            "weight_learning_rates",
+            "one weight learning rate per phase",
+            "a learning rate > 0",
+            lambda v: v > 0,
+        )
+        if connectivity in _MASKED_CONNECTIVITIES:
+            self.number(
+                "mask_learning_rate",
+                f"a number > 0 with connectivity {connectivity!r} (the masks are trained "
+                "in phase 1)",
+                lambda v: v > 0,
+            )
+        else:
+            self.number("mask_learning_rate", "a number >= 0", lambda v: v >= 0)
+        self.number("weight_decay", "a number >= 0", lambda v: v >= 0)
+        self.number("momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
+        self.boolean("decay_norm_and_bias")
+
+    def bookkeeping(self) -> None:
+        self.positive_int("log_every_steps")
+        self.positive_int("checkpoint_every_steps")
+        self.positive_int("keep_checkpoints")
+        self.number("eval_every_epochs", "a number of epochs > 0", lambda v: v > 0)
+        seed = self.present("seed", "an int")
+        if seed is not _MISSING and not _is_int(seed):
+            self.bad("seed", seed, "an int")
+
+
+def validate_config(config: Any, *, num_devices: int = 1) -> None:
+    """Checks every field of ``config`` before anything is compiled or loaded.
+
+    Args:
+      config: a training config (``ml_collections.ConfigDict`` as in ``configs/``, or
+        any object with the same attributes).
+      num_devices: devices the global batch is split over (``jax.device_count()``);
+        ``batch_size`` and ``eval_batch_size`` must be multiples of it.
+
+    Raises:
+      ConfigError: listing every problem found, one sentence per line, each naming
+        the field, its value and what is allowed (``error.problems`` is the tuple of
+        sentences). One bad field gives exactly one line.
+    """
+    checker = _Checker(config)
+    if not _is_int(num_devices) or num_devices < 1:
+        checker.problems.append(
+            _sentence(f"num_devices is {num_devices!r}, but it must be a positive int")
+        )
+        num_devices = None
+    for section in ("model", "data"):
+        if checker.get(section) is _MISSING:
+            checker.problems.append(f"config.{section} is missing; it must be a section.")
+    connectivity = None
+    if checker.get("model") is not _MISSING:
+        _, connectivity = checker.model()
+    if checker.get("data") is not _MISSING:
+        checker.data()
+    checker.batches(num_devices)
+    checker.optimizer(connectivity)
+    checker.bookkeeping()
+    if checker.problems:
+        raise ConfigError(checker.problems)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _as_dict(section: Any) -> dict:
+    if hasattr(section, "to_dict"):
+        section = section.to_dict()
+    return dict(section)
+
+
+def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> None:
+    """Refuses to resume a run of a different network in ``workdir``.
+
+    ``workdir/config.json`` is written by :func:`mcjax.train.train_and_evaluate`
+    (``json.dump(config.to_dict())``). When it exists, the fields that define the
+    network are compared with ``config``: every ``config.model`` field except
+    :data:`RESUMABLE_MODEL_FIELDS` (how the same function is computed), and
+    ``config.data`` ``name``, ``num_classes``, ``image_size`` and ``channels``.
+    Everything else (logging, checkpointing, schedule, ...) may change on resume.
+    ``fan_in`` is not compared when both runs use connectivity ``'full'`` (which
+    ignores it), nor is a field that one of the two configs does not have (a file
+    written before the field existed).
+
+    Args:
+      workdir: the run's directory.
+      config: the config about to run.
+      force: skip the check (``--force_resume``).
+
+    Raises:
+      ConfigError: naming the first differing field, both values, and how to
+        override (``--force_resume``) or avoid it (a new ``--workdir``); also when
+        ``config.json`` cannot be read.
+    """
+    if force:
+        return
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    override = "pass --force_resume to resume it anyway, or use a new --workdir"
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{path} (the config of the run in this workdir) cannot be read ({error}); {override}."
+        ) from error
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{path} does not hold a config; {override}.")
+
+    current = {"model": _as_dict(config.model), "data": _as_dict(config.data)}
+    before = {
+        "model": previous.get("model") if isinstance(previous.get("model"), dict) else {},
+        "data": previous.get("data") if isinstance(previous.get("data"), dict) else {},
+    }
+    both_full = (
+        before["model"].get("connectivity") == "full" == current["model"].get("connectivity")
+    )
+    fields = [
+        ("model", key)
+        for key in current["model"]
+        if key not in RESUMABLE_MODEL_FIELDS and not (key == "fan_in" and both_full)
+    ]
+    fields += [("data", key) for key in MODEL_DATA_FIELDS]
+    for section, key in fields:
+        if key not in current[section] or key not in before[section]:
+            continue
+        now, then = _plain(current[section][key]), before[section][key]
+        if now != then:
+            raise ConfigError(
+                f"config.{section}.{key} is {now!r}, but the run in {workdir} used {then!r} "
+                f"(see {path}); its checkpoints are of that network: set "
+                f"--config.{section}.{key}={then}, {override}."
+            )
