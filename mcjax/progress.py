@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from typing import TextIO
@@ -17,9 +18,9 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Reports ``step / total`` with images/s and the time left.
 
-    Speed is measured from the first update after ``start`` (so compilation is
-    not counted) over the steps actually run in this process, which makes the
-    ETA right after a resume too.
+    Speed is measured over the last ``window`` updates of this process, so the
+    first compilation is not counted, a later one (a new phase's step function)
+    fades out after a few updates, and the ETA is right after a resume too.
     """
 
     def __init__(
@@ -30,23 +31,23 @@ class Progress:
         images_per_step: int,
         stream: TextIO | None = None,
         interactive: bool | None = None,
+        window: int = 10,
     ):
         self.total = total_steps
         self.images_per_step = images_per_step
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self._t0: float | None = None
-        self._step0 = start_step
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=window + 1)
         self.start_time = time.time()
 
     def update(self, step: int, extra: str = "") -> str:
         """Reports that ``step`` steps are done; returns the line written."""
         now = time.time()
-        if self._t0 is None or step <= self._step0:
-            self._t0, self._step0 = now, step
-            rate = 0.0
-        else:
-            rate = (step - self._step0) / max(now - self._t0, 1e-9)
+        if self._recent and step <= self._recent[-1][1]:
+            self._recent.clear()  # went backwards: start measuring again
+        self._recent.append((now, step))
+        (t0, step0), (t1, step1) = self._recent[0], self._recent[-1]
+        rate = (step1 - step0) / (t1 - t0) if step1 > step0 and t1 > t0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         fraction = step / max(self.total, 1)
         speed = f"{rate * self.images_per_step:,.0f} img/s" if rate > 0 else "-- img/s"

@@ -83,6 +83,8 @@ def _check_outputs(workdir, expected_test_examples):
     assert summary["params_test"] <= summary["params_train"]
     records = read_records(os.path.join(workdir, "metrics.jsonl"))
     assert {r["phase"] for r in records} == {1, 2, 3, 4}
+    events = os.listdir(os.path.join(workdir, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
     for name in ("connectivity.png", "learning_curves.png"):
         with Image.open(os.path.join(workdir, name)) as image:
             assert image.size[0] > 100
