@@ -54,4 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 10.0
     config.checkpoint_every_steps = 2000
     config.keep_checkpoints = 2
+    # Tests only: make the loss NaN at this step (-1: never), to exercise the non-finite
+    # guard (the run stops naming the step and phase; exit status 3 from mcjax.main).
+    config.debug_inject_nan_at_step = -1
     return config

@@ -4,22 +4,63 @@ Each checkpoint holds the whole state (step, params, BN statistics, optimizer
 state, fixed connectivity) and a JSON ``meta`` item (phase, model config, PRNG
 settings). The PRNG keys are not stored: every draw is a pure function of
 ``config.seed`` and the step.
+
+Orbax makes a save atomic (a save killed half-way leaves a
+``*.orbax-checkpoint-tmp`` directory that is never restored) but does not
+check integrity: flipped bytes in a finished checkpoint restore silently.
+So, once a save has finished, the sha256 of every file of its step directory
+goes into a manifest, ``workdir/checkpoint_sums/<step>.sha256.json`` (outside
+orbax's directory, which must hold nothing but orbax's own step directories).
+:meth:`Checkpointer.restore_latest` checks the newest step against its
+manifest and lets orbax restore it; a step that fails either is moved aside to
+``workdir/corrupt_checkpoints/<step>-<time>`` with a warning, and the step
+before it is tried (then a fresh start). A step without a manifest (the process
+died after orbax finished the save but before the manifest was written) is
+restored *unverified* if orbax can read it, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+MANIFEST_SUFFIX = ".sha256.json"
+
+
+def directory_checksums(directory: str) -> dict[str, str]:
+    """sha256 of every file under ``directory``, keyed by its path relative to it."""
+    sums = {}
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            sums[os.path.relpath(path, directory)] = digest.hexdigest()
+    return dict(sorted(sums.items()))
+
+
+class CorruptCheckpoint(Exception):
+    """A step directory does not match its checksum manifest."""
 
 
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
     def __init__(self, workdir: str, *, keep: int = 2):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(workdir, "checkpoints")
+        self.sums_directory = os.path.join(workdir, "checkpoint_sums")
+        self.corrupt_directory = os.path.join(workdir, "corrupt_checkpoints")
         options = ocp.CheckpointManagerOptions(
             create=True,
             preservation_policy=ocp.checkpoint_managers.LatestN(max(1, keep)),
@@ -27,12 +68,25 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
+        self._unrecorded: list[int] = []  # saved steps whose manifest is not written yet
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def step_directory(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def manifest_path(self, step: int) -> str:
+        return os.path.join(self.sums_directory, f"{step}{MANIFEST_SUFFIX}")
+
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts an asynchronous save; :meth:`wait` before relying on it."""
+        """Starts an asynchronous save; :meth:`wait` before relying on it.
+
+        The previous save is finished (and its manifest written) first.
+        """
+        self.wait()
+        if os.path.exists(self.manifest_path(step)):  # a stale one, e.g. from a copied workdir
+            os.remove(self.manifest_path(step))
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -40,9 +94,13 @@ class Checkpointer:
             ),
             force=True,
         )
+        self._unrecorded.append(step)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores into the structure, shapes and shardings of ``abstract_state``."""
+        """Restores into the structure, shapes and shardings of ``abstract_state``.
+
+        No checksum check; :meth:`restore_latest` does one.
+        """
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(
             step,
@@ -52,9 +110,108 @@ class Checkpointer:
         )
         return restored["state"], restored["meta"]
 
+    def verify(self, step: int) -> bool:
+        """True if ``step`` matches its manifest, False if it has none.
+
+        Raises:
+          CorruptCheckpoint: naming the first file that is missing, extra or differs.
+        """
+        path = self.manifest_path(step)
+        try:
+            with open(path) as f:
+                expected = json.load(f)["files"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CorruptCheckpoint(f"its manifest {path} cannot be read ({error})") from error
+        actual = directory_checksums(self.step_directory(step))
+        for name in sorted(set(expected) | set(actual)):
+            if name not in actual:
+                raise CorruptCheckpoint(f"file {name} is missing")
+            if name not in expected:
+                raise CorruptCheckpoint(f"file {name} is not in the manifest")
+            if actual[name] != expected[name]:
+                raise CorruptCheckpoint(f"file {name} does not match its sha256")
+        return True
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+        """Restores the newest step that verifies and restores; ``None`` if there is none.
+
+        Each newer step that fails is moved aside (see the module docstring).
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                verified = self.verify(step)
+                state, meta = self.restore(step, abstract_state)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:  # orbax raises many kinds on a damaged checkpoint
+                moved = self._move_aside(step)
+                logging.warning(
+                    "checkpoint step %d in %s is corrupt (%s: %s); moved it to %s and "
+                    "falling back to the previous checkpoint",
+                    step,
+                    self.directory,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:300] if str(error) else "",
+                    moved,
+                )
+                continue
+            if not verified:
+                logging.warning(
+                    "checkpoint step %d has no checksum manifest (the run stopped right after "
+                    "saving it); restored it unverified",
+                    step,
+                )
+            return state, meta, step
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        os.makedirs(self.corrupt_directory, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = os.path.join(self.corrupt_directory, f"{step}-{stamp}")
+        suffix = 0
+        while os.path.exists(target):
+            suffix += 1
+            target = os.path.join(self.corrupt_directory, f"{step}-{stamp}-{suffix}")
+        shutil.move(self.step_directory(step), target)
+        if os.path.exists(self.manifest_path(step)):
+            shutil.move(self.manifest_path(step), os.path.join(target + MANIFEST_SUFFIX))
+        self.manager.reload()
+        return target
+
+    def record_finished(self) -> None:
+        """Writes the manifests of finished saves, without waiting; cheap, call it every step."""
+        if self._unrecorded and not self.manager.is_saving_in_progress():
+            self.wait()
+
     def wait(self) -> None:
+        """Waits for the running save, then writes the manifests of the finished ones."""
         self.manager.wait_until_finished()
+        if not self._unrecorded:
+            return
+        existing = set(self.manager.all_steps())
+        os.makedirs(self.sums_directory, exist_ok=True)
+        for step in self._unrecorded:
+            if step in existing:
+                self._write_manifest(step)
+        self._unrecorded.clear()
+        # Manifests of steps the preservation policy deleted.
+        for name in os.listdir(self.sums_directory):
+            stem = name[: -len(MANIFEST_SUFFIX)]
+            if name.endswith(MANIFEST_SUFFIX) and stem.isdigit() and int(stem) not in existing:
+                os.remove(os.path.join(self.sums_directory, name))
+
+    def _write_manifest(self, step: int) -> None:
+        manifest = {"step": step, "files": directory_checksums(self.step_directory(step))}
+        path = self.manifest_path(step)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

@@ -4,7 +4,18 @@ r"""Trains MaskConnect with the paper's four-phase protocol.
     python -m mcjax.main --config configs/cifar100.py --workdir runs/c100 \
         --config.model.arch=29,8,8 --config.model.fan_in=4
 
-A workdir that holds a checkpoint is resumed from it.
+A workdir that holds a checkpoint is resumed from it (the newest one whose checksums
+verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning).
+
+Exit statuses (constants in :mod:`mcjax.preemption`):
+
+* 0: finished.
+* 2 (``EXIT_BAD_INPUT``): a bad config field or bad data; one ``error:`` line per problem.
+* 3 (``EXIT_NON_FINITE``): the loss or a gradient became NaN/inf; one ``error:`` line
+  naming the step and phase. The last checkpoint (of a finite state) is intact.
+* 75 (``EXIT_PREEMPTED``, EX_TEMPFAIL): stopped by SIGTERM or SIGINT after finishing the
+  step and saving a checkpoint at it; run the same command again to resume.
+* 1: anything unexpected (a traceback).
 """
 
 import logging as std_logging
@@ -16,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import datasets, train, validation
+from mcjax import datasets, preemption, train, validation
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,13 +63,19 @@ def main(argv):
     except validation.ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(preemption.EXIT_BAD_INPUT)
     logging.info("workdir %s", workdir)
     try:
         summary = train.train_and_evaluate(config, workdir)
     except datasets.DataError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(preemption.EXIT_BAD_INPUT)
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(preemption.EXIT_NON_FINITE)
+    except preemption.Preempted as stopped:
+        print(f"preempted: {stopped}", file=sys.stderr)
+        sys.exit(preemption.EXIT_PREEMPTED)
     print(train.format_summary(summary))
 
 

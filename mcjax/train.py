@@ -27,7 +27,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from mcjax import build, costs, export, input_pipeline, masks, models, optim, prune, validation
+from mcjax import (
+    build,
+    costs,
+    export,
+    input_pipeline,
+    masks,
+    models,
+    optim,
+    preemption,
+    prune,
+    validation,
+)
 from mcjax.checkpoint import Checkpointer
 from mcjax.metric_writers import MetricWriter, read_records
 from mcjax.progress import Progress
@@ -125,13 +136,16 @@ def train_step(
     key: jax.Array,
     learn_masks: bool,
     axis_name: str | None = None,
+    nan_at_step: int = -1,
 ) -> tuple[TrainState, dict]:
     """One SGD step.
 
     With ``learn_masks`` (phase 1 of ``learned``/``real``), ``learned`` samples
     K-hot masks with ``fold_in(key, step)`` and the real-valued masks get their
     straight-through gradient; otherwise the fixed connectivity is used and the
-    masks get no gradient (so they do not move).
+    masks get no gradient (so they do not move). ``nan_at_step >= 0`` makes the
+    loss (and so every gradient) NaN at that step: ``config.debug_inject_nan_at_step``,
+    for tests of the non-finite guard.
 
     Returns:
       The new state and scalar metrics: ``loss``, ``accuracy``, ``grad_norm``.
@@ -140,13 +154,22 @@ def train_step(
     params = state.params
     trainable = params if learn_masks else {k: v for k, v in params.items() if k != "masks"}
     frozen = {} if learn_masks else {k: v for k, v in params.items() if k == "masks"}
+    fixed = state.connectivity
+    if axis_name is not None:
+        # Differentiate per-device copies: grad with respect to a replicated value
+        # would already sum over the axis, and the pmean below would leave it N times
+        # too large. The frozen and fixed masks vary too, so that the straight-through
+        # mask cotangent of masks.aggregate has the type of its input.
+        trainable, frozen, fixed = jax.tree.map(
+            lambda x: jax.lax.pcast(x, axis_name, to="varying"), (trainable, frozen, fixed)
+        )
 
     def loss_fn(trainable):
         full = {**trainable, **frozen}
         if net.connectivity == "learned" and learn_masks:
             connectivity = masks.sample(step_key, full["masks"], net.fan_in)
         else:
-            connectivity = models.forward_connectivity(net, full, fixed=state.connectivity)
+            connectivity = models.forward_connectivity(net, full, fixed=fixed)
         logits, new_stats = models.apply(
             net,
             full,
@@ -156,7 +179,10 @@ def train_step(
             train=True,
             axis_name=axis_name,
         )
-        return _cross_entropy(logits, labels), (logits, new_stats)
+        loss = _cross_entropy(logits, labels)
+        if nan_at_step >= 0:
+            loss = loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0)
+        return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
@@ -304,7 +330,19 @@ def connectivity_record(net, state, live) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary."""
+    """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary.
+
+    Raises:
+      mcjax.preemption.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
+        step it stopped at.
+      FloatingPointError: on a non-finite loss or gradient, naming the step and phase;
+        the last checkpoint (saved before it) is finished and intact.
+    """
+    with preemption.StopRequests() as stop:
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> dict:
     start_time = time.time()
     validation.validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
@@ -319,7 +357,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     step_fns = {
         learn: jax.jit(
-            functools.partial(train_step, net=net, tx=tx, key=mask_key, learn_masks=learn),
+            functools.partial(
+                train_step,
+                net=net,
+                tx=tx,
+                key=mask_key,
+                learn_masks=learn,
+                nan_at_step=int(config.get("debug_inject_nan_at_step", -1)),
+            ),
             donate_argnums=0,
         )
         for learn in (True, False)
@@ -335,9 +380,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
     }
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(latest, state)
+    restored = checkpointer.restore_latest(state)  # verified; corrupt steps moved aside
+    if restored is not None:
+        state, meta, latest = restored
         logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
     start_step = int(state.step)
     writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
@@ -368,6 +413,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         finite = np.isfinite(losses) & np.isfinite([m["grad_norm"] for m in fetched])
         if not finite.all():
             bad = step - len(fetched) + int(np.argmin(finite))
+            checkpointer.wait()  # the last save (of a finite state) finishes and is recorded
             raise FloatingPointError(
                 f"non-finite loss or gradient at step {bad} (phase {schedule.phase(bad)}); "
                 f"the last checkpoint in {checkpointer.directory} is intact"
@@ -387,6 +433,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.update(step, f"phase {record['phase']} loss {record['train/loss']:.3f}")
 
     ends = schedule.phase_ends
+    saved = start_step  # the step of the newest checkpoint
     tx_weight_lr, tx_mask_lr = learning_rates(config, schedule)
 
     for step in range(start_step, total):
@@ -406,6 +453,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         images, labels = data.train_batch(step)
         state, metrics = step_fns[learn](state, images, labels)
         pending.append(metrics)
+        checkpointer.record_finished()  # checksums of the last save, once it is done
         done = step + 1
         phase_end = done in ends
         if done % log_every == 0 or phase_end:
@@ -431,6 +479,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if done % save_every == 0 or phase_end:
             flush_metrics(done)  # never checkpoint a non-finite state
             checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
+            saved = done
+        # A multi-host job must stop all processes at the same step: there, replace the
+        # local flag by `jax.experimental.multihost_utils.reached_preemption_sync_point(done)`
+        # (true on every host at the same step once the coordination service saw a SIGTERM).
+        if stop.requested and done < total:
+            flush_metrics(done)
+            if saved != done:
+                checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
+            progress.close()
+            writer.close()
+            checkpointer.close()  # waits for the save and writes its checksums
+            logging.warning("%s: stopped after step %d with a checkpoint", stop.signal_name, done)
+            raise preemption.Preempted(done, stop.signal_name, checkpointer.directory)
     flush_metrics(total)
     progress.close()
     checkpointer.wait()

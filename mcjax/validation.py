@@ -350,6 +350,9 @@ class _Checker:
         seed = self.present("seed", "an int")
         if seed is not _MISSING and not _is_int(seed):
             self.bad("seed", seed, "an int")
+        nan_step = self.get("debug_inject_nan_at_step")
+        if nan_step is not _MISSING and (not _is_int(nan_step) or nan_step < -1):
+            self.bad("debug_inject_nan_at_step", nan_step, "-1 (off) or a step >= 0")
 
 
 def validate_config(config: Any, *, num_devices: int = 1) -> None:

@@ -304,3 +304,9 @@ def test_command_line_rejects_bad_fan_in(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "config.model.fan_in" in lines[0] and "9" in lines[0]
     assert not (tmp_path / "config.json").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("value", [-2, 1.5, "3"])
+def test_bad_nan_injection_step(value):
+    with pytest.raises(ConfigError, match=r"config\.debug_inject_nan_at_step"):
+        validate_config(_broken("debug_inject_nan_at_step", value))
