@@ -1,0 +1,68 @@
+"""Run as a script with simulated CPU devices: one step on N devices vs. one device.
+
+Invoked by tests/test_parallel.py in a subprocess, because the device count is
+fixed when JAX starts. Prints one JSON object with the largest relative differences.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[1]}"
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcjax import models, optim, parallel, train
+from mcjax.architectures import get_architecture
+
+
+def run(mesh, steps, learn_masks):
+    """``steps`` steps on ``mesh``, or without shard_map at all when ``mesh`` is None."""
+    net = models.Network(get_architecture("11,2,4"), num_classes=5, fan_in=2)
+    tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
+    state = train.create_state(net, tx, jax.random.key(0))
+    static = dict(net=net, tx=tx, key=jax.random.key(1), learn_masks=learn_masks)
+    if mesh is None:
+        step = jax.jit(functools.partial(train.train_step, **static))
+    else:
+        step = parallel.data_parallel_train_step(train.train_step, mesh, **static)
+        state = jax.device_put(state, parallel.state_sharding(mesh))
+    metrics = None
+    for i in range(steps):
+        images = jax.random.normal(jax.random.key(10 + i), (16, 8, 8, 3))
+        labels = jax.random.randint(jax.random.key(20 + i), (16,), 0, 5)
+        if mesh is not None:
+            images = jax.device_put(images, parallel.batch_sharding(mesh))
+            labels = jax.device_put(labels, parallel.batch_sharding(mesh))
+        state, metrics = step(state, images, labels)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def main():
+    devices = jax.devices()
+    result = {"devices": len(devices)}
+    for learn in (True, False):
+        tag = "learn" if learn else "fixed"
+        plain, m_plain = run(None, 2, learn)
+        for label, mesh in ((f"{len(devices)}dev", parallel.make_mesh(devices)),):
+            state, metrics = run(mesh, 2, learn)
+            for name in ("params", "batch_stats"):
+                diffs = jax.tree.map(rel, getattr(state, name), getattr(plain, name))
+                result[f"{tag}/{label}/{name}"] = max(jax.tree.leaves(diffs))
+            result[f"{tag}/{label}/masks"] = rel(state.params["masks"], plain.params["masks"])
+            result[f"{tag}/{label}/loss"] = rel(metrics["loss"], m_plain["loss"])
+        result[f"{tag}/masks_moved"] = float(jnp.abs(plain.params["masks"] - 0.5).max())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
