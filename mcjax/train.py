@@ -35,6 +35,7 @@ from mcjax import (
     masks,
     models,
     optim,
+    parallel,
     preemption,
     prune,
     validation,
@@ -251,6 +252,35 @@ def create_state(net: models.Network, tx, key: jax.Array) -> TrainState:
     )
 
 
+def _data_mesh():
+    """A data-parallel mesh over the devices, or None on one device (the plain jit path)."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("training over several processes is not supported yet")
+    if jax.device_count() == 1:
+        return None
+    mesh = parallel.make_mesh()
+    logging.info("data parallel over %d %s devices", mesh.devices.size, jax.default_backend())
+    return mesh
+
+
+def _compiled_steps(net, tx, key, nan_at_step: int, mesh):
+    """The jitted train steps (with and without mask learning) and eval step."""
+    static = dict(net=net, tx=tx, key=key, nan_at_step=nan_at_step)
+    if mesh is None:
+        steps = {
+            learn: jax.jit(
+                functools.partial(train_step, learn_masks=learn, **static), donate_argnums=0
+            )
+            for learn in (True, False)
+        }
+        return steps, jax.jit(functools.partial(eval_step, net=net))
+    steps = {
+        learn: parallel.data_parallel_train_step(train_step, mesh, learn_masks=learn, **static)
+        for learn in (True, False)
+    }
+    return steps, parallel.data_parallel_eval_step(eval_step, mesh, net=net)
+
+
 def state_digest(state: TrainState) -> str:
     """sha256 over every array of the state, in a fixed (tree-path) order."""
     digest = hashlib.sha256()
@@ -276,10 +306,11 @@ def _seed_keys(seed: int):
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def evaluate(eval_fn, state: TrainState, data) -> dict:
+def evaluate(eval_fn, state: TrainState, data, place=lambda x: x) -> dict:
+    """Loss, top-1 and top-5 accuracy over every test example (padded batches masked)."""
     totals = None
-    for images, labels, valid in data.eval_batches():
-        sums = eval_fn(state, images, labels, valid)
+    for batch in data.eval_batches():
+        sums = eval_fn(state, *place(batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -355,23 +386,19 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     if is_writer:
         _write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-    step_fns = {
-        learn: jax.jit(
-            functools.partial(
-                train_step,
-                net=net,
-                tx=tx,
-                key=mask_key,
-                learn_masks=learn,
-                nan_at_step=int(config.get("debug_inject_nan_at_step", -1)),
-            ),
-            donate_argnums=0,
-        )
-        for learn in (True, False)
-    }
-    eval_fn = jax.jit(functools.partial(eval_step, net=net))
+    mesh = _data_mesh()
+    step_fns, eval_fn = _compiled_steps(
+        net, tx, mask_key, int(config.get("debug_inject_nan_at_step", -1)), mesh
+    )
+    place = (
+        (lambda x: x)
+        if mesh is None
+        else functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
+    )
 
     state = jax.jit(create_state, static_argnums=(0, 1))(net, tx, init_key)
+    if mesh is not None:  # replicated; the restore below keeps these shardings
+        state = jax.device_put(state, parallel.state_sharding(mesh))
     checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints))
     meta_base = {
         "model": config.model.to_dict(),
@@ -450,7 +477,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
                 "Step %d: connectivity frozen to the top-%d of the masks", step, net.fan_in
             )
         learn = learns_masks and step < ends[0]
-        images, labels = data.train_batch(step)
+        images, labels = place(data.train_batch(step))
         state, metrics = step_fns[learn](state, images, labels)
         pending.append(metrics)
         checkpointer.record_finished()  # checksums of the last save, once it is done
@@ -460,7 +487,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
             flush_metrics(done)
         if done % eval_every == 0 or phase_end:
             flush_metrics(done)
-            result = evaluate(eval_fn, state, data)
+            result = evaluate(eval_fn, state, data, place)
             writer.write(
                 done,
                 {
@@ -496,7 +523,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     progress.close()
     checkpointer.wait()
 
-    final = evaluate(eval_fn, state, data)
+    final = evaluate(eval_fn, state, data, place)
     summary = finish(
         config,
         workdir,
