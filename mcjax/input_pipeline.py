@@ -74,10 +74,6 @@ class InMemoryInput:
         self.num_classes = data.num_classes
         self.num_train = int(data.train_images.shape[0])
         self.num_test = int(data.test_images.shape[0])
-        if batch_size > self.num_train:
-            raise ValueError(
-                f"batch_size {batch_size} is larger than the {self.num_train} training examples"
-            )
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
         self._train_kind, self._eval_kind, crops = _TRANSFORMS[data.name]
         self.crop = image_size if crops else None
@@ -92,10 +88,6 @@ class InMemoryInput:
         self._mean = jnp.asarray(self.mean_image)
         self._train = (jnp.asarray(data.train_images), jnp.asarray(data.train_labels))
         self._test = (jnp.asarray(data.test_images), jnp.asarray(data.test_labels))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.num_train // self.batch_size
 
     def train_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
         """Augmented ``(images float32 [B,H,W,C], labels int32 [B])`` of global step ``step``."""
@@ -143,10 +135,6 @@ class StreamingInput:
         self.mean_image = imagenet_input.IMAGENET_MEAN
         self.std = imagenet_input.IMAGENET_STD
         self.crop = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.num_train // self.batch_size
 
     def train_batch(self, step: int):
         indices = augment.train_batch_indices(self.seed, step, self.num_train, self.batch_size)

@@ -51,15 +51,6 @@ def state_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_divides(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-    devices = mesh.devices.size
-    if batch_size % devices:
-        raise ValueError(
-            f"{name} {batch_size} does not divide over the {devices} devices of the mesh; "
-            f"use a multiple of {devices}"
-        )
-
-
 def data_parallel_train_step(train_step, mesh: Mesh, **static):
     """``jit(shard_map(train_step))`` with the state replicated and the batch split.
 

@@ -323,7 +323,7 @@ def evaluate(eval_fn, state: TrainState, data, place=lambda x: x) -> dict:
 
 
 def _mask_metrics(net, state, previous_top_k):
-    if net.connectivity not in ("learned", "real"):
+    if not net.has_masks:
         return {}, previous_top_k
     real = state.params["masks"]
     current = np.asarray(masks.top_k(real, net.fan_in))
@@ -426,7 +426,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     log_every = max(1, int(config.log_every_steps))
     eval_every = max(1, round(float(config.eval_every_epochs) * schedule.steps_per_epoch))
     save_every = max(1, int(config.checkpoint_every_steps))
-    learns_masks = net.connectivity in ("learned", "real")
+    learns_masks = net.has_masks
     previous_top_k = None
     pending: list[dict] = []
 
@@ -461,6 +461,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
 
     ends = schedule.phase_ends
     saved = start_step  # the step of the newest checkpoint
+    final = None  # the evaluation at the last step, reused for the summary
     tx_weight_lr, tx_mask_lr = learning_rates(config, schedule)
 
     for step in range(start_step, total):
@@ -503,6 +504,8 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
                 },
             )
             logging.info("step %d: test accuracy %.4f", done, result["accuracy"])
+            if done == total:
+                final = result
         if done % save_every == 0 or phase_end:
             flush_metrics(done)  # never checkpoint a non-finite state
             checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
@@ -523,7 +526,8 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     progress.close()
     checkpointer.wait()
 
-    final = evaluate(eval_fn, state, data, place)
+    if final is None:  # resumed from the last step: nothing was evaluated in this process
+        final = evaluate(eval_fn, state, data, place)
     summary = finish(
         config,
         workdir,
