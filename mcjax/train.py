@@ -583,16 +583,16 @@ def finish(config, workdir, net, state, data, final, schedule, *, wall_seconds, 
         return summary
     record = connectivity_record(net, state, pruned.live)
     _write_json(os.path.join(workdir, "connectivity.json"), record)
-    if data.mean_image is not None:
-        export.save(
-            os.path.join(workdir, "pruned_model"),
-            pruned.net,
-            pruned.params,
-            pruned.batch_stats,
-            pruned.connectivity,
-            mean_image=data.mean_image,
-            crop=data.crop,
-        )
+    export.save(
+        os.path.join(workdir, "pruned_model"),
+        pruned.net,
+        pruned.params,
+        pruned.batch_stats,
+        pruned.connectivity,
+        mean_image=data.mean_image,
+        std=data.std,
+        crop=data.crop,
+    )
     _figures(workdir, net, conn, pruned.live)
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -605,16 +605,16 @@ def _figures(workdir, net, conn, live):
         logging.warning("no figures: %s", error)
         return
     binary = None if conn is None else [np.asarray(m) for m in conn]
-    title = f"{net.arch.name} {net.connectivity}" + (
-        "" if net.connectivity == "full" else f" K={net.fan_in}"
-    )
+    fan_in = None if net.connectivity == "full" else net.fan_in
+    # plot_connectivity adds "(K = ...)" to its title itself.
     plots.plot_connectivity(
         binary,
         live,
         os.path.join(workdir, "connectivity.png"),
-        title=title,
-        fan_in=None if net.connectivity == "full" else net.fan_in,
+        title=f"{net.arch.name} {net.connectivity}",
+        fan_in=fan_in,
     )
+    title = f"{net.arch.name} {net.connectivity}" + ("" if fan_in is None else f" K={fan_in}")
     plots.plot_active_branches(live, os.path.join(workdir, "active_branches.png"), title=title)
     records = read_records(os.path.join(workdir, "metrics.jsonl"))
     plots.plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"), title=title)

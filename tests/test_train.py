@@ -159,6 +159,11 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
     summary = _check_outputs_after(config, tmp_path / "run", 7)
     assert 0.0 <= summary["test_accuracy_top5"] <= 1.0
     assert summary["test_accuracy_top5"] >= summary["test_accuracy"]
+    from mcjax import export, imagenet_input
+
+    model = export.load(str(tmp_path / "run" / "pruned_model"))  # ImageNet's per-channel std
+    np.testing.assert_array_equal(model.std, imagenet_input.IMAGENET_STD)
+    np.testing.assert_array_equal(model.mean_image, imagenet_input.IMAGENET_MEAN)
 
 
 def _check_outputs_after(config, workdir, test_examples):
