@@ -27,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import datasets, preemption, train, validation
+from mcjax import datasets, outputs, preemption, train, validation
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -76,7 +76,7 @@ def main(argv):
     except preemption.Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_PREEMPTED)
-    print(train.format_summary(summary))
+    print(outputs.format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -29,19 +27,18 @@ from absl import logging
 
 from mcjax import (
     build,
-    costs,
-    export,
     input_pipeline,
     masks,
     models,
     optim,
+    outputs,
     parallel,
     preemption,
     prune,
     validation,
 )
 from mcjax.checkpoint import Checkpointer
-from mcjax.metric_writers import MetricWriter, read_records
+from mcjax.metric_writers import MetricWriter
 from mcjax.progress import Progress
 
 NUM_PHASES = 4
@@ -281,25 +278,6 @@ def _compiled_steps(net, tx, key, nan_at_step: int, mesh):
     return steps, parallel.data_parallel_eval_step(eval_step, mesh, net=net)
 
 
-def state_digest(state: TrainState) -> str:
-    """sha256 over every array of the state, in a fixed (tree-path) order."""
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        array = np.asarray(leaf)
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(str(array.dtype).encode() + str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _seed_keys(seed: int):
     root = jax.random.key(seed)
     # Independent streams: init, per-step mask samples, per-example augmentation.
@@ -336,30 +314,6 @@ def _mask_metrics(net, state, previous_top_k):
     }, current
 
 
-def connectivity_record(net, state, live) -> dict:
-    """``connectivity.json``: binary connectivity, real-valued masks, live blocks per module."""
-    conn = eval_connectivity(net, state)
-    record = {
-        "arch": net.arch.name,
-        "connectivity": net.connectivity,
-        "fan_in": None if net.connectivity == "full" else net.fan_in,
-        "modules": [],
-    }
-    real = state.params.get("masks")
-    for index, spec in enumerate(net.arch.modules):
-        entry = {
-            "module": index + 1,
-            "cardinality": spec.cardinality,
-            "live": [bool(x) for x in live[index]],
-        }
-        if conn is not None and index > 0:
-            entry["binary"] = np.asarray(conn[index - 1]).astype(int).tolist()
-            if real is not None:
-                entry["real"] = np.round(np.asarray(real[index - 1], np.float64), 6).tolist()
-        record["modules"].append(entry)
-    return record
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary.
 
@@ -384,7 +338,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     schedule = Schedule.from_config(config, data.num_train)
     tx = make_optimizer(config, schedule)
     if is_writer:
-        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     mesh = _data_mesh()
     step_fns, eval_fn = _compiled_steps(
@@ -470,9 +424,14 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
             state = state._replace(connectivity=masks.top_k(state.params["masks"], net.fan_in))
             if is_writer:
                 live = prune.live_blocks(np.asarray(state.connectivity))
-                _write_json(
+                outputs.write_json(
                     os.path.join(workdir, "connectivity_frozen.json"),
-                    {"step": step, **connectivity_record(net, state, live)},
+                    {
+                        "step": step,
+                        **outputs.connectivity_record(
+                            net, state.connectivity, state.params["masks"], live
+                        ),
+                    },
                 )
             logging.info(
                 "Step %d: connectivity frozen to the top-%d of the masks", step, net.fan_in
@@ -528,116 +487,17 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
 
     if final is None:  # resumed from the last step: nothing was evaluated in this process
         final = evaluate(eval_fn, state, data, place)
-    summary = finish(
+    summary = outputs.finish(
         config,
         workdir,
         net,
         state,
+        eval_connectivity(net, state),
         data,
         final,
-        schedule,
         wall_seconds=time.time() - start_time,
         is_writer=is_writer,
     )
     writer.close()
     checkpointer.close()
     return summary
-
-
-def finish(config, workdir, net, state, data, final, schedule, *, wall_seconds, is_writer) -> dict:
-    """Prunes, writes ``connectivity.json``, the pruned model, figures and ``summary.json``."""
-    conn = eval_connectivity(net, state)
-    pruned = prune.prune(
-        net, state.params, state.batch_stats, None if conn is None else np.asarray(conn)
-    )
-    per_block = net.connectivity != "full"
-    size, channels = int(config.data.image_size), int(config.data.channels)
-    kw = dict(
-        image_size=size,
-        in_channels=channels,
-        num_classes=net.num_classes,
-        per_block_inputs=per_block,
-    )
-    before = costs.network_costs(net.arch, **kw)
-    after = costs.network_costs(pruned.net.arch, **kw)
-    summary = {
-        "dataset": data.name,
-        "arch": net.arch.name,
-        "connectivity": net.connectivity,
-        "fan_in": None if net.connectivity == "full" else net.fan_in,
-        "test_accuracy": final["accuracy"],
-        "test_loss": final["loss"],
-        "test_examples": final["count"],
-        "params_train": costs.count_params(state.params),
-        "params_test": costs.count_params(pruned.params),
-        "flops_train": before["flops_per_image"],
-        "flops_test": after["flops_per_image"],
-        "live_blocks_per_module": [int(k.sum()) for k in pruned.live],
-        "steps": int(state.step),
-        "wall_seconds": round(wall_seconds, 1),
-        "state_digest": state_digest(state),
-    }
-    if data.name == "imagenet":
-        summary["test_accuracy_top5"] = final["accuracy_top5"]
-    if not is_writer:
-        return summary
-    record = connectivity_record(net, state, pruned.live)
-    _write_json(os.path.join(workdir, "connectivity.json"), record)
-    export.save(
-        os.path.join(workdir, "pruned_model"),
-        pruned.net,
-        pruned.params,
-        pruned.batch_stats,
-        pruned.connectivity,
-        mean_image=data.mean_image,
-        std=data.std,
-        crop=data.crop,
-    )
-    _figures(workdir, net, conn, pruned.live)
-    _write_json(os.path.join(workdir, "summary.json"), summary)
-    return summary
-
-
-def _figures(workdir, net, conn, live):
-    try:
-        from mcjax import plots
-    except ImportError as error:  # pragma: no cover - matplotlib is a dependency
-        logging.warning("no figures: %s", error)
-        return
-    binary = None if conn is None else [np.asarray(m) for m in conn]
-    fan_in = None if net.connectivity == "full" else net.fan_in
-    # plot_connectivity adds "(K = ...)" to its title itself.
-    plots.plot_connectivity(
-        binary,
-        live,
-        os.path.join(workdir, "connectivity.png"),
-        title=f"{net.arch.name} {net.connectivity}",
-        fan_in=fan_in,
-    )
-    title = f"{net.arch.name} {net.connectivity}" + ("" if fan_in is None else f" K={fan_in}")
-    plots.plot_active_branches(live, os.path.join(workdir, "active_branches.png"), title=title)
-    records = read_records(os.path.join(workdir, "metrics.jsonl"))
-    plots.plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"), title=title)
-
-
-def format_summary(summary: dict) -> str:
-    """A few human lines for the end of a run."""
-    lines = [
-        f"{summary['dataset']} {summary['arch']} {summary['connectivity']}"
-        + (f" K={summary['fan_in']}" if summary.get("fan_in") else ""),
-        f"  test accuracy   {100 * summary['test_accuracy']:.2f}% "
-        f"({summary['test_examples']} examples)"
-        + (
-            f", top-5 {100 * summary['test_accuracy_top5']:.2f}%"
-            if "test_accuracy_top5" in summary
-            else ""
-        ),
-        f"  params train    {summary['params_train']:,}",
-        f"  params test     {summary['params_test']:,} (after pruning; live blocks per module "
-        f"{summary['live_blocks_per_module']})",
-        f"  FLOPs/img       {summary['flops_train'] / 1e6:.2f}M train, "
-        f"{summary['flops_test'] / 1e6:.2f}M test",
-        f"  steps           {summary['steps']} in {summary['wall_seconds']:.0f} s",
-        f"  state digest    {summary['state_digest'][:16]}",
-    ]
-    return "\n".join(lines)

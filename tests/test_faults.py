@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from test_train import digits_config
 
-from mcjax import preemption, train
+from mcjax import outputs, preemption, train
 from mcjax.checkpoint import Checkpointer
 from mcjax.metric_writers import read_records
 
@@ -242,7 +242,7 @@ def test_flipped_bytes_in_latest_checkpoint_are_caught_by_checksums(
     checkpoints.close()
     warnings = _check_moved_aside(workdir, caplog)
     assert any("sha256" in w for w in warnings), warnings
-    assert step == 21 and train.state_digest(state) == train.state_digest(expected)
+    assert step == 21 and outputs.state_digest(state) == outputs.state_digest(expected)
     assert _steps(workdir)[-1] == 21
 
 
