@@ -17,6 +17,10 @@ manifest and lets orbax restore it; a step that fails either is moved aside to
 before it is tried (then a fresh start). A step without a manifest (the process
 died after orbax finished the save but before the manifest was written) is
 restored *unverified* if orbax can read it, with a warning.
+
+In a multi-process job every process takes part in each save and restore (orbax
+coordinates the writes); only the primary process (0) writes the manifests and
+moves corrupt steps aside, and the processes agree on the step they restore.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from mcjax import distributed
 
 MANIFEST_SUFFIX = ".sha256.json"
 
@@ -56,7 +62,7 @@ class CorruptCheckpoint(Exception):
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
-    def __init__(self, workdir: str, *, keep: int = 2):
+    def __init__(self, workdir: str, *, keep: int = 2, is_primary: bool = True):
         workdir = os.path.abspath(workdir)
         self.directory = os.path.join(workdir, "checkpoints")
         self.sums_directory = os.path.join(workdir, "checkpoint_sums")
@@ -68,6 +74,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
+        self.is_primary = is_primary  # writes manifests, moves corrupt steps aside
         self._unrecorded: list[int] = []  # saved steps whose manifest is not written yet
 
     def latest_step(self) -> int | None:
@@ -85,7 +92,8 @@ class Checkpointer:
         The previous save is finished (and its manifest written) first.
         """
         self.wait()
-        if os.path.exists(self.manifest_path(step)):  # a stale one, e.g. from a copied workdir
+        # A stale manifest, e.g. from a copied workdir.
+        if self.is_primary and os.path.exists(self.manifest_path(step)):
             os.remove(self.manifest_path(step))
         self.manager.save(
             step,
@@ -137,23 +145,29 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
         """Restores the newest step that verifies and restores; ``None`` if there is none.
 
-        Each newer step that fails is moved aside (see the module docstring).
+        Each newer step that fails is moved aside (see the module docstring). With
+        several processes, a step that fails on any process is given up by all.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            failure = None
             try:
                 verified = self.verify(step)
                 state, meta = self.restore(step, abstract_state)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as error:  # orbax raises many kinds on a damaged checkpoint
-                moved = self._move_aside(step)
+                first_line = str(error).splitlines()[0][:300] if str(error) else ""
+                failure = f"{type(error).__name__}: {first_line}"
+            if distributed.any_process(failure is not None):
+                moved = self._move_aside(step) if self.is_primary else self.corrupt_directory
+                distributed.barrier(f"mcjax_checkpoint_moved_{step}")
+                self.manager.reload()
                 logging.warning(
-                    "checkpoint step %d in %s is corrupt (%s: %s); moved it to %s and "
+                    "checkpoint step %d in %s is corrupt (%s); moved it to %s and "
                     "falling back to the previous checkpoint",
                     step,
                     self.directory,
-                    type(error).__name__,
-                    str(error).splitlines()[0][:300] if str(error) else "",
+                    failure or "on another process",
                     moved,
                 )
                 continue
@@ -177,7 +191,6 @@ class Checkpointer:
         shutil.move(self.step_directory(step), target)
         if os.path.exists(self.manifest_path(step)):
             shutil.move(self.manifest_path(step), os.path.join(target + MANIFEST_SUFFIX))
-        self.manager.reload()
         return target
 
     def record_finished(self) -> None:
@@ -188,6 +201,8 @@ class Checkpointer:
     def wait(self) -> None:
         """Waits for the running save, then writes the manifests of the finished ones."""
         self.manager.wait_until_finished()
+        if not self.is_primary:
+            self._unrecorded.clear()
         if not self._unrecorded:
             return
         existing = set(self.manager.all_steps())

@@ -363,15 +363,19 @@ class ImageNetInput:
 
     # ------------------------------------------------------------------ eval
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def eval_batches(
+        self, batch_size: int, *, rows: slice = slice(None)
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(images float32 [B,S,S,3], labels int32 [B], valid bool [B])`` over the
         validation split in order; the last batch is padded with zero images (label 0)
-        marked invalid, so every example counts exactly once."""
+        marked invalid, so every example counts exactly once. ``rows``: this host's
+        rows of each batch (default all)."""
         window: collections.deque[tuple[_PendingBatch, np.ndarray]] = collections.deque()
         plan = augment.eval_batches(self.num_test, batch_size)
         try:
-            for indices, valid in plan:
-                batch = self._new_batch(("eval", indices.tobytes()), batch_size)
+            for all_indices, all_valid in plan:
+                indices, valid = all_indices[rows], all_valid[rows]
+                batch = self._new_batch(("eval", indices.tobytes()), len(indices))
                 # Padding rows are masked out: zeros, not a decode of example 0.
                 batch.images[~valid] = 0.0
                 batch.labels[~valid] = 0

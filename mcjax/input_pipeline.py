@@ -5,6 +5,10 @@ uint8; each step gathers its batch and augments it there, with keys that are a
 pure function of ``(seed, step, index in the global batch)``, so a resumed run
 sees exactly the same batches. ImageNet streams from host threads
 (:mod:`mcjax.imagenet_input`) with the same guarantee.
+
+With several processes each one asks only for its ``rows`` of every global batch
+(:func:`mcjax.parallel.process_rows`); an example's augmentation depends on its
+position in the global batch, never on which process or device holds it.
 """
 
 from __future__ import annotations
@@ -45,14 +49,23 @@ def _eval_transform(kind, images, mean, crop):
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "crop"))
-def _train_batch(images, labels, indices, step, key, mean, *, kind, crop):
-    keys = augment.example_keys(key, step, jnp.arange(indices.shape[0]))
+def _train_batch(images, labels, indices, positions, step, key, mean, *, kind, crop):
+    keys = augment.example_keys(key, step, positions)
     return _train_transform(kind, keys, images[indices], mean, crop), labels[indices]
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "crop"))
 def _eval_batch(images, labels, indices, mean, *, kind, crop):
     return _eval_transform(kind, images[indices], mean, crop), labels[indices]
+
+
+_ALL = slice(None)
+
+
+def _train_rows(data, step: int, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Example indices and global-batch positions of the ``rows`` of batch ``step``."""
+    indices = augment.train_batch_indices(data.seed, step, data.num_train, data.batch_size)
+    return indices[rows], np.arange(data.batch_size)[rows]
 
 
 class InMemoryInput:
@@ -89,12 +102,14 @@ class InMemoryInput:
         self._train = (jnp.asarray(data.train_images), jnp.asarray(data.train_labels))
         self._test = (jnp.asarray(data.test_images), jnp.asarray(data.test_labels))
 
-    def train_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
-        """Augmented ``(images float32 [B,H,W,C], labels int32 [B])`` of global step ``step``."""
-        indices = augment.train_batch_indices(self.seed, step, self.num_train, self.batch_size)
+    def train_batch(self, step: int, rows: slice = _ALL) -> tuple[jax.Array, jax.Array]:
+        """Augmented ``(images float32 [B,H,W,C], labels int32 [B])``: the ``rows`` of
+        global batch ``step`` (default all ``batch_size``)."""
+        indices, positions = _train_rows(self, step, rows)
         return _train_batch(
             *self._train,
             jnp.asarray(indices),
+            jnp.asarray(positions),
             jnp.int32(step),
             self._key,
             self._mean,
@@ -102,17 +117,18 @@ class InMemoryInput:
             crop=self.crop,
         )
 
-    def eval_batches(self) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
-        """``(images, labels, valid)`` covering every test example exactly once."""
+    def eval_batches(self, rows: slice = _ALL) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+        """``(images, labels, valid)``: the ``rows`` of padded batches of
+        ``eval_batch_size`` that cover every test example exactly once."""
         for indices, valid in augment.eval_batches(self.num_test, self.eval_batch_size):
             images, labels = _eval_batch(
                 *self._test,
-                jnp.asarray(indices),
+                jnp.asarray(indices[rows]),
                 self._mean,
                 kind=self._eval_kind,
                 crop=self.crop,
             )
-            yield images, labels, jnp.asarray(valid)
+            yield images, labels, jnp.asarray(valid[rows])
 
 
 class StreamingInput:
@@ -126,6 +142,7 @@ class StreamingInput:
             data_dir=config.data.data_dir or None,
             image_size=int(config.data.image_size),
             seed=seed,
+            global_batch_size=batch_size,
         )
         self.num_classes = 1000
         self.num_train = self.source.num_train
@@ -136,13 +153,13 @@ class StreamingInput:
         self.std = imagenet_input.IMAGENET_STD
         self.crop = None
 
-    def train_batch(self, step: int):
-        indices = augment.train_batch_indices(self.seed, step, self.num_train, self.batch_size)
-        images, labels = self.source.train_batch(step, indices)
+    def train_batch(self, step: int, rows: slice = _ALL):
+        indices, positions = _train_rows(self, step, rows)
+        images, labels = self.source.train_batch(step, indices, positions=positions)
         return jnp.asarray(images), jnp.asarray(labels)
 
-    def eval_batches(self):
-        for images, labels, valid in self.source.eval_batches(self.eval_batch_size):
+    def eval_batches(self, rows: slice = _ALL):
+        for images, labels, valid in self.source.eval_batches(self.eval_batch_size, rows=rows):
             yield jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid)
 
 

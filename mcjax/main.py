@@ -4,6 +4,10 @@ r"""Trains MaskConnect with the paper's four-phase protocol.
     python -m mcjax.main --config configs/cifar100.py --workdir runs/c100 \
         --config.model.arch=29,8,8 --config.model.fan_in=4
 
+Several processes (hosts, or one per GPU) run the same command; they join with
+``jax.distributed`` (auto-detected on SLURM and Cloud TPU, or given by
+``--coordinator_address/--num_processes/--process_id``); see ``launch/README.md``.
+
 A workdir that holds a checkpoint is resumed from it (the newest one whose checksums
 verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning).
 
@@ -27,7 +31,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import datasets, outputs, preemption, train, validation
+from mcjax import datasets, distributed, outputs, preemption, train, validation
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -41,6 +45,18 @@ _FORCE_RESUME = flags.DEFINE_bool(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and figures (default: runs/<data set>)."
 )
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    list(distributed.MODES),
+    "Join a multi-process job with jax.distributed: auto (when the coordinator flags are "
+    "given or SLURM/Cloud TPU shows several processes), on (always), off (never).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a job JAX cannot auto-detect."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -57,9 +73,22 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", config.data.name)
+    try:  # before anything touches a device
+        distributed.initialize(
+            _DISTRIBUTED.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(preemption.EXIT_BAD_INPUT)
     try:  # every field, before anything is loaded or compiled
         validation.validate_config(config, num_devices=jax.device_count())
         validation.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
+        mismatch = distributed.check_same_config(config.to_dict(), workdir)
+        if mismatch:
+            raise validation.ConfigError(mismatch)
     except validation.ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -76,7 +105,8 @@ def main(argv):
     except preemption.Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_PREEMPTED)
-    print(outputs.format_summary(summary))
+    if jax.process_index() == 0:
+        print(outputs.format_summary(summary))
 
 
 if __name__ == "__main__":

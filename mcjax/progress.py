@@ -32,7 +32,9 @@ class Progress:
         stream: TextIO | None = None,
         interactive: bool | None = None,
         window: int = 10,
+        enabled: bool = True,
     ):
+        self.enabled = enabled  # False: other processes of a multi-process job stay quiet
         self.total = total_steps
         self.images_per_step = images_per_step
         self.stream = stream or sys.stderr
@@ -55,18 +57,19 @@ class Progress:
         if self.interactive:
             width = 30
             bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
-            line = f"\r[{bar}] {step}/{self.total} {speed} ETA {left} {extra}"
-            self.stream.write(line.ljust(110))
+            line = f"\r[{bar}] {step}/{self.total} {speed} ETA {left} {extra}".ljust(110)
         else:
             line = (
                 f"step {step}/{self.total} ({100 * fraction:.1f}%) {speed} "
                 f"elapsed {_duration(now - self.start_time)} ETA {left} {extra}"
             )
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            line += "\n"
+        if self.enabled:
+            self.stream.write(line)
+            self.stream.flush()
         return line.strip()
 
     def close(self) -> None:
-        if self.interactive:
+        if self.interactive and self.enabled:
             self.stream.write("\n")
             self.stream.flush()

@@ -27,6 +27,7 @@ from absl import logging
 
 from mcjax import (
     build,
+    distributed,
     input_pipeline,
     masks,
     models,
@@ -250,14 +251,28 @@ def create_state(net: models.Network, tx, key: jax.Array) -> TrainState:
 
 
 def _data_mesh():
-    """A data-parallel mesh over the devices, or None on one device (the plain jit path)."""
-    if jax.process_count() > 1:
-        raise NotImplementedError("training over several processes is not supported yet")
-    if jax.device_count() == 1:
-        return None
-    mesh = parallel.make_mesh()
-    logging.info("data parallel over %d %s devices", mesh.devices.size, jax.default_backend())
+    """A data-parallel mesh over every device of the job, or None on one device (plain jit)."""
+    mesh = None if jax.device_count() == 1 else parallel.make_mesh()
+    logging.info("%s", distributed.describe(mesh))
     return mesh
+
+
+class _Placement:
+    """Where batches go: this process's rows of each global batch, as global arrays."""
+
+    def __init__(self, mesh, batch_size: int, eval_batch_size: int):
+        self.mesh = mesh
+        self.sizes = {"train": batch_size, "eval": eval_batch_size}
+        whole = slice(None)
+        self.rows = {
+            kind: whole if mesh is None else parallel.process_rows(mesh, size)
+            for kind, size in self.sizes.items()
+        }
+
+    def __call__(self, kind: str, local):
+        if self.mesh is None:
+            return local
+        return parallel.global_batch(self.mesh, local, self.sizes[kind])
 
 
 def _compiled_steps(net, tx, key, nan_at_step: int, mesh):
@@ -284,10 +299,14 @@ def _seed_keys(seed: int):
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def evaluate(eval_fn, state: TrainState, data, place=lambda x: x) -> dict:
-    """Loss, top-1 and top-5 accuracy over every test example (padded batches masked)."""
+def evaluate(eval_fn, state: TrainState, batches, place=lambda x: x) -> dict:
+    """Loss, top-1 and top-5 accuracy over every test example (padded batches masked).
+
+    ``batches``: ``(images, labels, valid)`` (this process's rows of each batch, which
+    ``place`` turns into global arrays).
+    """
     totals = None
-    for batch in data.eval_batches():
+    for batch in batches:
         sums = eval_fn(state, *place(batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -332,6 +351,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     validation.validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     is_writer = jax.process_index() == 0
+    multi_process = jax.process_count() > 1
     net = build.network(config)
     init_key, mask_key, augment_key = _seed_keys(int(config.seed))
     data = input_pipeline.make_input(config, key=augment_key)
@@ -344,16 +364,24 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     step_fns, eval_fn = _compiled_steps(
         net, tx, mask_key, int(config.get("debug_inject_nan_at_step", -1)), mesh
     )
-    place = (
-        (lambda x: x)
-        if mesh is None
-        else functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
-    )
+    place = _Placement(mesh, data.batch_size, data.eval_batch_size)
 
-    state = jax.jit(create_state, static_argnums=(0, 1))(net, tx, init_key)
-    if mesh is not None:  # replicated; the restore below keeps these shardings
-        state = jax.device_put(state, parallel.state_sharding(mesh))
-    checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    def run_evaluation(state):
+        return evaluate(
+            eval_fn,
+            state,
+            data.eval_batches(place.rows["eval"]),
+            functools.partial(place, "eval"),
+        )
+
+    # Made where it lives (replicated over the mesh; the restore keeps these shardings):
+    # with several processes a host-local array cannot be device_put onto the mesh.
+    state = jax.jit(
+        create_state,
+        static_argnums=(0, 1),
+        out_shardings=None if mesh is None else parallel.state_sharding(mesh),
+    )(net, tx, init_key)
+    checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints), is_primary=is_writer)
     meta_base = {
         "model": config.model.to_dict(),
         "data": config.data.name,
@@ -368,7 +396,12 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     start_step = int(state.step)
     writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
     total = schedule.total_steps
-    progress = Progress(total_steps=total, start_step=start_step, images_per_step=data.batch_size)
+    progress = Progress(
+        total_steps=total,
+        start_step=start_step,
+        images_per_step=data.batch_size,
+        enabled=is_writer,
+    )
     logging.info(
         "%s: %d train / %d test examples, %d steps per epoch, phases of %s steps",
         data.name,
@@ -437,17 +470,18 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
                 "Step %d: connectivity frozen to the top-%d of the masks", step, net.fan_in
             )
         learn = learns_masks and step < ends[0]
-        images, labels = place(data.train_batch(step))
+        images, labels = place("train", data.train_batch(step, place.rows["train"]))
         state, metrics = step_fns[learn](state, images, labels)
         pending.append(metrics)
         checkpointer.record_finished()  # checksums of the last save, once it is done
         done = step + 1
         phase_end = done in ends
-        if done % log_every == 0 or phase_end:
+        synced = done % log_every == 0 or phase_end  # the host waits for the step here
+        if synced:
             flush_metrics(done)
         if done % eval_every == 0 or phase_end:
             flush_metrics(done)
-            result = evaluate(eval_fn, state, data, place)
+            result = run_evaluation(state)
             writer.write(
                 done,
                 {
@@ -469,10 +503,14 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
             flush_metrics(done)  # never checkpoint a non-finite state
             checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
             saved = done
-        # A multi-host job must stop all processes at the same step: there, replace the
-        # local flag by `jax.experimental.multihost_utils.reached_preemption_sync_point(done)`
-        # (true on every host at the same step once the coordination service saw a SIGTERM).
-        if stop.requested and done < total:
+        # Every process must stop at the same step (the save is collective), and each
+        # sees its signal at a different point of its run-ahead dispatch: with several
+        # processes, they agree at the steps where the host waits anyway.
+        if multi_process:
+            stopping = synced and distributed.any_process(stop.requested)
+        else:
+            stopping = stop.requested
+        if stopping and done < total:
             flush_metrics(done)
             if saved != done:
                 checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
@@ -486,7 +524,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     checkpointer.wait()
 
     if final is None:  # resumed from the last step: nothing was evaluated in this process
-        final = evaluate(eval_fn, state, data, place)
+        final = run_evaluation(state)
     summary = outputs.finish(
         config,
         workdir,
