@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["mcjax", "mcjax.*", "configs"]),
     install_requires=[
         "absl-py>=1.0",
-        "jax>=0.6",
+        "jax>=0.8",  # jax.shard_map and lax.pcast(..., to="varying")
         "numpy>=1.24",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
@@ -32,5 +32,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "chex>=0.1.86", "ruff>=0.5"],
+        # benchmarks/torch_reference.py (the side-by-side PyTorch rows).
+        "bench": ["torch>=2.0"],
     },
 )

@@ -1,0 +1,447 @@
+r"""Training and inference throughput of mcjax, side by side with a PyTorch reference.
+
+    python benchmarks/throughput.py --quick                       # this CPU, < 10 minutes
+    python benchmarks/throughput.py --arch 29,8,8 29,64,8 --batch 128 --steps 10 --torch
+    python benchmarks/throughput.py --arch 29,64,8 --dtype bfloat16 --batch 128 256 --torch
+    python benchmarks/throughput.py --arch resnext50_32x4d --image_size 224 --batch 64
+
+For each architecture x connectivity (``full``, ``learned``: phase 1, masks sampled
+and learned; ``random``: a fixed K-hot connectivity) x compute dtype (``float32``;
+``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
+real training step (:func:`mcjax.train.train_step`, donated state) is compiled
+ahead of time, run ``--warmup`` times, then ``--steps`` fully synchronised steps
+are timed and the median reported: images/s, compile seconds, achieved TFLOP/s
+(3 x the forward FLOPs of :mod:`mcjax.costs`) and the compiler's peak-memory
+estimate (arguments + temporaries + outputs - aliased; on GPU also the allocator's
+high-water mark). Inference is timed the same way for the unpruned network and
+for its pruned form with a K=1 connectivity (``--prune_fan_in``), next to the
+FLOPs ratio. ``--torch`` adds ``benchmarks/torch_reference.py`` rows for ``full``.
+
+Prints Markdown tables and writes JSON (``--out``) with a record of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcjax import blocks, costs, models, optim, prune, train
+from mcjax.architectures import get_architecture
+
+CONNECTIVITIES = ("full", "learned", "random")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _network(arch: str, connectivity: str, dtype: str, fan_in: int, num_classes: int, impl: str):
+    return models.Network(
+        get_architecture(arch),
+        num_classes=num_classes,
+        connectivity=connectivity,
+        fan_in=fan_in,
+        dtype=DTYPES[dtype],
+        branch_impl=impl,
+        zero_init_residual=connectivity == "full",
+    )
+
+
+def _forward_flops(net: models.Network, image_size: int) -> int:
+    return costs.network_costs(
+        net.arch,
+        image_size=image_size,
+        num_classes=net.num_classes,
+        per_block_inputs=net.connectivity != "full",
+    )["flops_per_image"]
+
+
+def _memory(compiled) -> dict:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    peak = (
+        analysis.argument_size_in_bytes
+        + analysis.temp_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+    record = {"peak_mib_compiled": peak / 2**20}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # the allocator's high-water mark of the process
+        record["peak_mib_allocator"] = stats["peak_bytes_in_use"] / 2**20
+    return record
+
+
+def _time(fn, args, *, steps: int, warmup: int, carry: bool) -> list[float]:
+    """Seconds of each of ``steps`` synchronised calls; ``carry`` feeds output[0] back."""
+    for _ in range(warmup):
+        out = fn(*args)
+        if carry:
+            args = (out[0], *args[1:])
+    jax.block_until_ready(args)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+        if carry:
+            args = (out[0], *args[1:])
+    return times
+
+
+def _batch(batch: int, image_size: int, num_classes: int):
+    images = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3))
+    labels = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
+    return images, labels
+
+
+def train_row(
+    arch: str,
+    connectivity: str,
+    dtype: str,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    image_size: int,
+    fan_in: int,
+    num_classes: int,
+    impl: str = "auto",
+    compile_only: bool = False,
+) -> dict:
+    """One row: the train step of ``arch`` in ``connectivity`` mode and compute ``dtype``."""
+    net = _network(arch, connectivity, dtype, fan_in, num_classes, impl)
+    tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
+    state = jax.jit(train.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
+    images, labels = _batch(batch, image_size, num_classes)
+    step = jax.jit(
+        functools.partial(
+            train.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
+        ),
+        donate_argnums=0,
+    )
+    start = time.perf_counter()
+    compiled = step.lower(state, images, labels).compile()
+    row = {
+        "what": "train",
+        "arch": arch,
+        "connectivity": connectivity,
+        "dtype": dtype,
+        "batch": batch,
+        "impl": blocks.resolve_branch_impl(impl, per_block_inputs=connectivity != "full"),
+        "compile_s": time.perf_counter() - start,
+        **_memory(compiled),
+    }
+    if compile_only:
+        return row
+    times = _time(compiled, (state, images, labels), steps=steps, warmup=warmup, carry=True)
+    median = statistics.median(times)
+    flops = 3 * _forward_flops(net, image_size) * batch
+    return {
+        **row,
+        "images_per_s": batch / median,
+        "step_ms": 1000 * median,
+        "tflops": flops / median / 1e12,
+        "step_s": times,
+        **_memory(compiled),
+    }
+
+
+def inference_rows(
+    arch: str,
+    dtype: str,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    image_size: int,
+    fan_in: int,
+    num_classes: int,
+    impl: str = "auto",
+) -> list[dict]:
+    """Eval-mode forward of a ``random`` K=``fan_in`` network, unpruned and pruned."""
+    net = _network(arch, "random", dtype, fan_in, num_classes, impl)
+    variables = models.init(jax.random.key(0), net)
+    conn = np.asarray(variables["connectivity"])
+    images, _ = _batch(batch, image_size, num_classes)
+    pruned = prune.prune(net, variables["params"], variables["batch_stats"], conn)
+    rows = []
+    for name, model, params, stats, connectivity in (
+        ("unpruned", net, variables["params"], variables["batch_stats"], jnp.asarray(conn)),
+        ("pruned", pruned.net, pruned.params, pruned.batch_stats, pruned.connectivity),
+    ):
+
+        def forward(params, stats, images, connectivity, model=model):
+            return models.apply(
+                model, params, stats, images, connectivity=connectivity, train=False
+            )[0]
+
+        fn = jax.jit(forward)
+        args = (params, stats, images, connectivity)
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        times = _time(compiled, args, steps=steps, warmup=warmup, carry=False)
+        rows.append(
+            {
+                "what": f"inference {name}",
+                "arch": arch,
+                "connectivity": f"random K={fan_in}",
+                "dtype": dtype,
+                "batch": batch,
+                "impl": blocks.resolve_branch_impl(impl, per_block_inputs=True),
+                "compile_s": compile_s,
+                "images_per_s": batch / statistics.median(times),
+                "step_ms": 1000 * statistics.median(times),
+                "flops_per_image": _forward_flops(model, image_size),
+                "live_blocks": [int(k.sum()) for k in pruned.live],
+            }
+        )
+    before, after = rows
+    before["speedup"] = 1.0
+    after["speedup"] = after["images_per_s"] / before["images_per_s"]
+    after["flops_ratio"] = before["flops_per_image"] / after["flops_per_image"]
+    return rows
+
+
+def torch_rows(
+    archs, dtypes, batches, *, steps, warmup, image_size, num_classes, device
+) -> list[dict]:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference
+
+    rows = []
+    for arch in archs:
+        for dtype in dtypes:
+            for batch in batches:
+                result = torch_reference.benchmark(
+                    arch,
+                    batch=batch,
+                    steps=steps,
+                    warmup=warmup,
+                    image_size=image_size,
+                    device=device,
+                    dtype=dtype,
+                    channels_last=True,
+                    num_classes=num_classes,
+                )
+                common = {k: result[k] for k in ("arch", "dtype", "batch")}
+                rows.append(
+                    {
+                        "what": "train (PyTorch)",
+                        "connectivity": "full",
+                        "impl": "torch",
+                        **common,
+                        "images_per_s": result["train_images_per_s"],
+                        "step_ms": result["step_ms"],
+                        "peak_mib_allocator": result["peak_memory_mib"],
+                        "torch": result,
+                    }
+                )
+                rows.append(
+                    {
+                        "what": "inference (PyTorch)",
+                        "connectivity": "full",
+                        "impl": "torch",
+                        **common,
+                        "images_per_s": result["infer_images_per_s"],
+                        "step_ms": result["infer_ms"],
+                    }
+                )
+    return rows
+
+
+def machine() -> dict:
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| what | arch | connectivity | dtype | batch | impl | img/s | step ms | compile s "
+        "| TFLOP/s | peak MiB | note |\n|" + "---|" * 12
+    )
+    lines = [head]
+    for r in rows:
+        note = ""
+        if "flops_ratio" in r:
+            note = f"speed-up {r['speedup']:.2f}x, FLOPs ratio {r['flops_ratio']:.2f}x"
+        elif "ratio_to_full" in r:
+            note = f"{r['ratio_to_full']:.2f}x full's step time"
+        elif "ratio_to_torch" in r:
+            note = f"{r['ratio_to_torch']:.2f}x PyTorch's img/s"
+        lines.append(
+            f"| {r['what']} | {r['arch']} | {r['connectivity']} | {r['dtype']} | {r['batch']} "
+            f"| {r.get('impl', 'torch')} | {_fmt(r.get('images_per_s'), '.1f')} "
+            f"| {_fmt(r.get('step_ms'), '.0f')} | {_fmt(r.get('compile_s'), '.1f')} "
+            f"| {_fmt(r.get('tflops'), '.3f')} "
+            f"| {_fmt(r.get('peak_mib_allocator', r.get('peak_mib_compiled')), '.0f')} "
+            f"| {note} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Step time relative to ``full`` (same arch, dtype, batch) and img/s relative to torch."""
+
+    def key(r):
+        return r["arch"], r["dtype"], r["batch"]
+
+    full = {key(r): r for r in rows if r["what"] == "train" and r["connectivity"] == "full"}
+    torch = {key(r): r for r in rows if r["what"] == "train (PyTorch)"}
+    for r in rows:
+        if r["what"] != "train" or "step_ms" not in r:
+            continue
+        if r["connectivity"] != "full" and key(r) in full:
+            r["ratio_to_full"] = r["step_ms"] / full[key(r)]["step_ms"]
+        elif r["connectivity"] == "full" and key(r) in torch:
+            r["ratio_to_torch"] = r["images_per_s"] / torch[key(r)]["images_per_s"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["20,4,8", "29,8,8"])
+    parser.add_argument("--connectivity", nargs="+", default=list(CONNECTIVITIES))
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[128])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--num_classes", type=int, default=100)
+    parser.add_argument("--fan_in", type=int, default=4, help="K of learned/random")
+    parser.add_argument("--prune_fan_in", type=int, default=1, help="K of the pruned model")
+    parser.add_argument("--impl", default="auto", help="branch formulation (blocks.py)")
+    parser.add_argument("--compile_only", nargs="*", default=[], help="archs: compile time only")
+    parser.add_argument("--torch", action="store_true", help="PyTorch rows for full")
+    parser.add_argument("--no_inference", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a few minutes on a small CPU")
+    parser.add_argument("--out", default="benchmarks/throughput.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.batch, args.steps, args.warmup = ["20,4,8"], [64], 3, 1
+        args.compile_only = args.compile_only or ["29,64,8"]
+        args.torch = args.torch or _torch_available()
+    torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+
+    record = {"machine": machine(), "args": vars(args), "rows": []}
+    rows = record["rows"]
+    started = time.perf_counter()
+    common = dict(image_size=args.image_size, fan_in=args.fan_in, num_classes=args.num_classes)
+    for arch in args.arch:
+        for dtype in args.dtype:
+            for batch in args.batch:
+                for connectivity in args.connectivity:
+                    rows.append(
+                        train_row(
+                            arch,
+                            connectivity,
+                            dtype,
+                            batch=batch,
+                            steps=args.steps,
+                            warmup=args.warmup,
+                            impl=args.impl,
+                            **common,
+                        )
+                    )
+                    _progress(rows[-1], started)
+            if not args.no_inference:
+                rows += inference_rows(
+                    arch,
+                    dtype,
+                    batch=max(args.batch),
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    image_size=args.image_size,
+                    fan_in=args.prune_fan_in,
+                    num_classes=args.num_classes,
+                    impl=args.impl,
+                )
+                _progress(rows[-1], started)
+    for arch in args.compile_only:
+        for connectivity in ("full", "learned"):
+            rows.append(
+                train_row(
+                    arch,
+                    connectivity,
+                    "float32",
+                    batch=max(args.batch),
+                    steps=0,
+                    warmup=0,
+                    impl=args.impl,
+                    compile_only=True,
+                    **common,
+                )
+            )
+            _progress(rows[-1], started)
+    if args.torch and "full" in args.connectivity:
+        rows += torch_rows(
+            args.arch,
+            args.dtype,
+            args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            device=torch_device,
+        )
+        import torch
+
+        record["machine"]["torch"] = torch.__version__
+        record["machine"]["torch_threads"] = torch.get_num_threads()
+    _ratios(rows)
+    record["seconds"] = time.perf_counter() - started
+    print(json.dumps(record["machine"]))
+    print(table(rows))
+    print(f"total {record['seconds']:.0f} s")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=1, default=float)
+    return 0
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _progress(row: dict, started: float) -> None:
+    speed = f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row else "compiled"
+    print(
+        f"[{time.perf_counter() - started:6.0f} s] {row['what']} {row['arch']} "
+        f"{row['connectivity']} {row['dtype']} b{row['batch']}: {speed}, "
+        f"compile {row.get('compile_s', 0):.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
