@@ -177,3 +177,24 @@ def test_eval_batches_count_every_example_once(n, batch):
         assert (indices[~valid] == 0).all()
     if n:
         np.testing.assert_array_equal(counts, 1)
+
+
+def test_rows_of_a_global_batch_do_not_depend_on_who_loads_them():
+    """Each process loads its rows of every batch (multi-host); the rows must be the ones
+    of the whole batch, augmentation included, and so must the evaluation rows."""
+    from configs import digits
+    from mcjax import input_pipeline
+
+    config = digits.get_config()
+    config.batch_size, config.eval_batch_size = 16, 12
+    data = input_pipeline.make_input(config, key=jax.random.key(5))
+    for step in (0, 7):
+        images, labels = data.train_batch(step)
+        for rows in (slice(0, 4), slice(4, 12), slice(12, 16)):
+            part_images, part_labels = data.train_batch(step, rows)
+            np.testing.assert_array_equal(part_images, images[rows])
+            np.testing.assert_array_equal(part_labels, labels[rows])
+    whole = next(data.eval_batches())
+    part = next(data.eval_batches(slice(6, 12)))
+    for a, b in zip(part, whole, strict=True):
+        np.testing.assert_array_equal(a, b[6:12])

@@ -177,3 +177,14 @@ def test_missing_imagenet_raises_quickly_with_instructions(tmp_path):
     assert str(tmp_path / "empty") in message
     assert "tfds build imagenet2012 --manual_dir" in message
     assert "--file_format=array_record" in message
+
+
+def test_eval_rows_are_the_rows_of_the_whole_batches(data_dir):
+    """A host that decodes only its rows of each evaluation batch gets exactly those rows."""
+    with imagenet_input.ImageNetInput(data_dir, seed=0, image_size=32, prefetch=1) as source:
+        whole = list(source.eval_batches(4))
+        halves = [list(source.eval_batches(4, rows=slice(a, a + 2))) for a in (0, 2)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) == 2
+    for batch, first, second in zip(whole, *halves, strict=True):
+        for full, part_a, part_b in zip(batch, first, second, strict=True):
+            np.testing.assert_array_equal(np.concatenate([part_a, part_b]), full)
