@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import blocks, costs, models, optim, prune, train
+from mcjax import blocks, costs, datasets, input_pipeline, models, optim, prune, train
 from mcjax.architectures import get_architecture
 
 CONNECTIVITIES = ("full", "learned", "random")
@@ -137,7 +137,7 @@ def train_row(
         "connectivity": connectivity,
         "dtype": dtype,
         "batch": batch,
-        "impl": blocks.resolve_branch_impl(impl, per_block_inputs=connectivity != "full"),
+        "impl": blocks.resolve_branch_impl(impl),
         "compile_s": time.perf_counter() - start,
         **_memory(compiled),
     }
@@ -198,7 +198,7 @@ def inference_rows(
                 "connectivity": f"random K={fan_in}",
                 "dtype": dtype,
                 "batch": batch,
-                "impl": blocks.resolve_branch_impl(impl, per_block_inputs=True),
+                "impl": blocks.resolve_branch_impl(impl),
                 "compile_s": compile_s,
                 "images_per_s": batch / statistics.median(times),
                 "step_ms": 1000 * statistics.median(times),
@@ -211,6 +211,46 @@ def inference_rows(
     after["speedup"] = after["images_per_s"] / before["images_per_s"]
     after["flops_ratio"] = before["flops_per_image"] / after["flops_per_image"]
     return rows
+
+
+def input_row(*, batch: int, steps: int, image_size: int) -> dict:
+    """The in-memory input pipeline alone (CIFAR-sized data, CIFAR augmentation): does it
+    keep up with the train step?"""
+    rng = np.random.default_rng(0)
+    shape = (50_000, image_size, image_size, 3)
+    data = datasets.InMemoryData(
+        name="cifar10",
+        train_images=rng.integers(0, 256, shape, dtype=np.uint8),
+        train_labels=rng.integers(0, 10, shape[0]).astype(np.int32),
+        test_images=rng.integers(0, 256, (batch, *shape[1:]), dtype=np.uint8),
+        test_labels=np.zeros(batch, np.int32),
+        num_classes=10,
+    )
+    source = input_pipeline.InMemoryInput(
+        data,
+        seed=0,
+        batch_size=batch,
+        eval_batch_size=batch,
+        key=jax.random.key(0),
+        image_size=image_size,
+    )
+    jax.block_until_ready(source.train_batch(0))  # compiles
+    steps = max(steps, 10)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        out = source.train_batch(step)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "what": "input pipeline",
+        "arch": "-",
+        "connectivity": "-",
+        "dtype": "uint8 -> float32",
+        "batch": batch,
+        "impl": "on device",
+        "images_per_s": batch / seconds,
+        "step_ms": 1000 * seconds,
+    }
 
 
 def torch_rows(
@@ -381,6 +421,8 @@ def main(argv=None) -> int:
                     impl=args.impl,
                 )
                 _progress(rows[-1], started)
+    rows.append(input_row(batch=max(args.batch), steps=args.steps, image_size=args.image_size))
+    _progress(rows[-1], started)
     for arch in args.compile_only:
         for connectivity in ("full", "learned"):
             rows.append(

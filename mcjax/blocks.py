@@ -34,11 +34,8 @@ BRANCH_IMPLS = ("auto", "loop", "grouped", "vmap", "einsum")
 
 # Measured train-step speed per backend (benchmarks/branch_impls.py): on XLA:CPU
 # grouped convolutions are several times slower than one ordinary convolution
-# per branch, and with per-block inputs the branches' 1x1 convolutions run faster
-# as one batched matmul (einsum) than as C thin convolutions; on GPU/TPU grouped
-# convolutions are the native formulation.
+# per branch; on GPU/TPU grouped convolutions are the native formulation.
 _AUTO_IMPL = {"cpu": "loop", "gpu": "grouped", "tpu": "grouped"}
-_AUTO_IMPL_PER_BLOCK = {"cpu": "einsum"}
 
 __all__ = [
     "BRANCH_IMPLS",
@@ -51,19 +48,13 @@ __all__ = [
 ]
 
 
-def resolve_branch_impl(
-    impl: str, backend: str | None = None, *, per_block_inputs: bool = False
-) -> str:
-    """The concrete formulation that ``impl`` names on ``backend`` (default: JAX's),
-    for a module whose blocks share one input or (``per_block_inputs``) have their own."""
+def resolve_branch_impl(impl: str, backend: str | None = None) -> str:
+    """The concrete formulation that ``impl`` names on ``backend`` (default: JAX's)."""
     if impl not in BRANCH_IMPLS:
         raise ValueError(f"branch_impl must be one of {BRANCH_IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    backend = backend or jax.default_backend()
-    if per_block_inputs and backend in _AUTO_IMPL_PER_BLOCK:
-        return _AUTO_IMPL_PER_BLOCK[backend]
-    return _AUTO_IMPL.get(backend, "grouped")
+    return _AUTO_IMPL.get(backend or jax.default_backend(), "grouped")
 
 
 def init_module(
@@ -175,9 +166,9 @@ def residual_functions(
     Returns:
       ``(f, new_stats)`` with ``f: [C, N, H/stride, W/stride, c_out]``.
     """
+    impl = resolve_branch_impl(impl)
     c = params["conv1"].shape[0]
     shared = x.ndim == 4
-    impl = resolve_branch_impl(impl, per_block_inputs=not shared)
     if not shared and x.shape[0] != c:
         raise ValueError(f"per-block input has {x.shape[0]} blocks, the module has {c}")
     bn = dict(train=train, axis_name=axis_name)
