@@ -13,62 +13,32 @@ fastest ``full`` formulation. Prints a table and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+import throughput  # benchmarks/throughput.py: the same timed train step
 
-from mcjax import blocks, models, optim, train
-from mcjax.architectures import get_architecture
+from mcjax import blocks
 
 
 def measure(
     arch: str, connectivity: str, impl: str, batch: int, steps: int, warmup: int, image_size: int
 ) -> dict:
-    net = models.Network(
-        get_architecture(arch),
-        num_classes=100,
-        connectivity=connectivity,
+    row = throughput.train_row(
+        arch,
+        connectivity,
+        "float32",
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        image_size=image_size,
         fan_in=4,
-        branch_impl=impl,
+        num_classes=100,
+        impl=impl,
     )
-    tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = train.create_state(net, tx, jax.random.key(0))
-    images = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3))
-    labels = jax.random.randint(jax.random.key(2), (batch,), 0, 100)
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
-        ),
-        donate_argnums=0,
-    )
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(state, images, labels).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        state, _ = compiled(state, images, labels)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, images, labels)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {
-        "arch": arch,
-        "connectivity": connectivity,
-        "impl": impl,
-        "batch": batch,
-        "images_per_s": batch / median,
-        "step_ms": 1000 * median,
-        "compile_s": compile_s,
-        "steps": steps,
-    }
+    return {**row, "steps": steps}
 
 
 def main():
