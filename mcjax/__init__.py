@@ -10,10 +10,13 @@ Public API (see each module's docstring):
 * :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``), ``mask_sgd``,
   ``weight_sgd``, ``clip_params``, ``piecewise_constant``;
 * :mod:`mcjax.prune`: ``live_blocks``, ``prune``;
-* :mod:`mcjax.costs`: parameter and FLOP counts.
+* :mod:`mcjax.costs`: parameter and FLOP counts;
+* :mod:`mcjax.parallel`: ``make_mesh``, ``data_parallel_train_step`` /
+  ``data_parallel_eval_step`` (``jax.shard_map`` over a ``data`` axis, synchronised BN,
+  gradients averaged without the replicated-grad trap), ``process_rows``, ``global_batch``.
 """
 
-from mcjax import architectures, blocks, costs, layers, masks, models, optim, prune
+from mcjax import architectures, blocks, costs, layers, masks, models, optim, parallel, prune
 from mcjax.architectures import Architecture, ModuleSpec, get_architecture
 from mcjax.models import Network, apply, forward_connectivity, init
 from mcjax.optim import maskconnect
@@ -39,5 +42,6 @@ __all__ = [
     "masks",
     "models",
     "optim",
+    "parallel",
     "prune",
 ]
