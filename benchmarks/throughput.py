@@ -36,11 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import blocks, costs, datasets, input_pipeline, models, optim, prune, train
+from mcjax import blocks, build, costs, datasets, input_pipeline, models, optim, prune, train
 from mcjax.architectures import get_architecture
 
 CONNECTIVITIES = ("full", "learned", "random")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _network(arch: str, connectivity: str, dtype: str, fan_in: int, num_classes: int, impl: str):
@@ -49,7 +48,7 @@ def _network(arch: str, connectivity: str, dtype: str, fan_in: int, num_classes:
         num_classes=num_classes,
         connectivity=connectivity,
         fan_in=fan_in,
-        dtype=DTYPES[dtype],
+        dtype=build.DTYPES[dtype],
         branch_impl=impl,
         zero_init_residual=connectivity == "full",
     )
@@ -64,7 +63,8 @@ def _forward_flops(net: models.Network, image_size: int) -> int:
     )["flops_per_image"]
 
 
-def _memory(compiled) -> dict:
+def _compiled_peak(compiled) -> dict:
+    """XLA's estimate for one call: arguments + temporaries + outputs - aliased."""
     analysis = compiled.memory_analysis()
     if analysis is None:
         return {}
@@ -74,11 +74,15 @@ def _memory(compiled) -> dict:
         + analysis.output_size_in_bytes
         - analysis.alias_size_in_bytes
     )
-    record = {"peak_mib_compiled": peak / 2**20}
+    return {"peak_mib_compiled": peak / 2**20}
+
+
+def _allocator_peak() -> dict:
+    """The allocator's high-water mark of the process so far (GPU/TPU; CPU has none)."""
     stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:  # the allocator's high-water mark of the process
-        record["peak_mib_allocator"] = stats["peak_bytes_in_use"] / 2**20
-    return record
+    if "peak_bytes_in_use" not in stats:
+        return {}
+    return {"peak_mib_allocator": stats["peak_bytes_in_use"] / 2**20}
 
 
 def _time(fn, args, *, steps: int, warmup: int, carry: bool) -> list[float]:
@@ -140,7 +144,7 @@ def train_row(
         "batch": batch,
         "impl": blocks.resolve_branch_impl(impl),
         "compile_s": time.perf_counter() - start,
-        **_memory(compiled),
+        **_compiled_peak(compiled),
     }
     if compile_only:
         return row
@@ -155,7 +159,7 @@ def train_row(
         # The paper's CIFAR schedule: 120 + 100 + 50 + 50 epochs of 50,000 images.
         "hours_320_epochs": 320 * 50_000 / (batch / median) / 3600,
         "step_s": times,
-        **_memory(compiled),
+        **_allocator_peak(),
     }
 
 

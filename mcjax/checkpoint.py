@@ -102,7 +102,8 @@ class Checkpointer:
             ),
             force=True,
         )
-        self._unrecorded.append(step)
+        if self.is_primary:
+            self._unrecorded.append(step)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores into the structure, shapes and shardings of ``abstract_state``.
@@ -201,8 +202,6 @@ class Checkpointer:
     def wait(self) -> None:
         """Waits for the running save, then writes the manifests of the finished ones."""
         self.manager.wait_until_finished()
-        if not self.is_primary:
-            self._unrecorded.clear()
         if not self._unrecorded:
             return
         existing = set(self.manager.all_steps())

@@ -17,7 +17,6 @@ import socket
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 MODES = ("auto", "on", "off")
@@ -154,6 +153,4 @@ def check_same_config(config_dict: dict, workdir: str) -> list[str]:
                     f"process {index} was started with another {name} than process 0; "
                     "every process must run the same command"
                 )
-    if problems:
-        logging.error("processes disagree: %s", problems)
     return problems

@@ -44,6 +44,15 @@ TINY_FLAGS = [
     "--config.eval_every_epochs=100.0",
     "--config.keep_checkpoints=20",
 ]
+
+
+def tiny_flags(*overrides: str) -> list[str]:
+    """TINY_FLAGS with ``overrides`` in place of the flags they name (repeating a tuple
+    flag would append to it)."""
+    names = {flag.split("=")[0] for flag in overrides}
+    return [f for f in TINY_FLAGS if f.split("=")[0] not in names] + list(overrides)
+
+
 _ENV = {
     **os.environ,
     # As tests/conftest.py does in this process: same numerics, faster compiles.

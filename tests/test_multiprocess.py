@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from test_faults import _ENV, TINY_FLAGS, _cli
+from test_faults import _ENV, _cli, tiny_flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(REPO_ROOT, "launch", "local.sh")
@@ -22,14 +22,7 @@ LOCAL_SH = os.path.join(REPO_ROOT, "launch", "local.sh")
 
 # One step per phase: all four phases, the freeze of the learned connectivity and the
 # pruning, in a few seconds of training (compiles dominate).
-def _flags(*overrides: str) -> list[str]:
-    """TINY_FLAGS with ``overrides`` in place of the flags they name (repeating a tuple
-    flag would append to it)."""
-    names = {flag.split("=")[0] for flag in overrides}
-    return [f for f in TINY_FLAGS if f.split("=")[0] not in names] + list(overrides)
-
-
-FLAGS = _flags("--config.phase_epochs=(0.006,0.006,0.006,0.006)")
+FLAGS = tiny_flags("--config.phase_epochs=(0.006,0.006,0.006,0.006)")
 
 
 def _local(num_processes: int, workdir, flags=FLAGS, **popen) -> subprocess.Popen:
@@ -144,7 +137,7 @@ def test_processes_with_different_configs_refuse_to_start(tmp_path):
 def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
     """SIGTERM to the launcher: both save at the same step, exit 75, and resume to the
     state of the uninterrupted run."""
-    flags = _flags("--config.phase_epochs=(0.03,0.03,0.03,0.03)")  # 5 steps per phase
+    flags = tiny_flags("--config.phase_epochs=(0.03,0.03,0.03,0.03)")  # 5 steps per phase
     status, _, err = _finish(_local(2, tmp_path / "whole", flags))
     assert status == 0, err[-3000:]
     workdir = tmp_path / "interrupted"

@@ -30,7 +30,7 @@ def test_eight_devices_match_one_device():
 def test_training_on_two_devices_matches_one_device(tmp_path):
     """``python -m mcjax.main`` with 2 simulated devices vs 1: same run, up to low bits."""
     import numpy as np
-    from test_faults import _ENV, TINY_FLAGS, _cli
+    from test_faults import _ENV, _cli, tiny_flags
 
     results = {}
     for devices in (1, 2):
@@ -39,10 +39,10 @@ def test_training_on_two_devices_matches_one_device(tmp_path):
         # One step per phase: over more steps of this tiny, unstable run the low-bit
         # differences grow chaotically (6% in a bias after 22 steps; 1.7e-6 after 4).
         # random connectivity: low bits cannot flip a top-K choice of the masks either.
-        flags = [f for f in TINY_FLAGS if "phase_epochs" not in f] + [
+        flags = tiny_flags(
             "--config.phase_epochs=(0.006,0.006,0.006,0.006)",
             "--config.model.connectivity=random",
-        ]
+        )
         subprocess.run(
             _cli("--workdir", str(workdir), *flags),
             cwd=os.path.dirname(HERE),
