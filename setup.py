@@ -11,8 +11,8 @@ setup(
     long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # configs/ is a package so that its files can `from configs import default` from anywhere.
-    packages=find_packages(include=["mcjax", "mcjax.*", "configs"]),
+    # configs/ is not installed: its files are run by path and import mcjax.training.defaults.
+    packages=find_packages(include=["mcjax", "mcjax.*"]),
     install_requires=[
         "absl-py>=1.0",
         "jax>=0.8",  # jax.shard_map and lax.pcast(..., to="varying")

@@ -4,7 +4,7 @@ r"""Train-step speed of each formulation of the C branches (``mcjax.blocks.BRANC
     python benchmarks/branch_impls.py --quick          # 20,4,8, batch 32, 3 steps
 
 For each formulation x connectivity, jit-compiles the real training step
-(:func:`mcjax.train.train_step`, SGD-momentum + clipped mask SGD, donated
+(:func:`mcjax.training.loop.train_step`, SGD-momentum + clipped mask SGD, donated
 state), runs ``--warmup`` steps, then times ``--steps`` fully synchronised steps
 and reports the median images/s, the compile seconds and the ratio to the
 fastest ``full`` formulation. Prints a table and writes JSON (``--out``).

@@ -8,7 +8,7 @@ r"""Training and inference throughput of mcjax, side by side with a PyTorch refe
 For each architecture x connectivity (``full``, ``learned``: phase 1, masks sampled
 and learned; ``random``: a fixed K-hot connectivity) x compute dtype (``float32``;
 ``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
-real training step (:func:`mcjax.train.train_step`, donated state) is compiled
+real training step (:func:`mcjax.training.loop.train_step`, donated state) is compiled
 ahead of time, run ``--warmup`` times, then ``--steps`` fully synchronised steps
 are timed and the median reported: images/s, compile seconds, achieved TFLOP/s
 (3 x the forward FLOPs of :mod:`mcjax.costs`), the wall time the paper's 320-epoch
@@ -36,8 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import blocks, build, costs, datasets, input_pipeline, models, optim, prune, train
+from mcjax import blocks, costs, models, optim, prune
 from mcjax.architectures import get_architecture
+from mcjax.data import in_memory, sources
+from mcjax.training import loop
 
 CONNECTIVITIES = ("full", "learned", "random")
 
@@ -48,7 +50,7 @@ def _network(arch: str, connectivity: str, dtype: str, fan_in: int, num_classes:
         num_classes=num_classes,
         connectivity=connectivity,
         fan_in=fan_in,
-        dtype=build.DTYPES[dtype],
+        dtype=models.DTYPES[dtype],
         branch_impl=impl,
         zero_init_residual=connectivity == "full",
     )
@@ -126,11 +128,11 @@ def train_row(
     """One row: the train step of ``arch`` in ``connectivity`` mode and compute ``dtype``."""
     net = _network(arch, connectivity, dtype, fan_in, num_classes, impl)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = jax.jit(train.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
+    state = jax.jit(loop.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
     images, labels = _batch(batch, image_size, num_classes)
     step = jax.jit(
         functools.partial(
-            train.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
+            loop.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
         ),
         donate_argnums=0,
     )
@@ -225,7 +227,7 @@ def input_row(*, batch: int, steps: int, image_size: int) -> dict:
     keep up with the train step?"""
     rng = np.random.default_rng(0)
     shape = (50_000, image_size, image_size, 3)
-    data = datasets.InMemoryData(
+    data = sources.InMemoryData(
         name="cifar10",
         train_images=rng.integers(0, 256, shape, dtype=np.uint8),
         train_labels=rng.integers(0, 10, shape[0]).astype(np.int32),
@@ -233,7 +235,7 @@ def input_row(*, batch: int, steps: int, image_size: int) -> dict:
         test_labels=np.zeros(batch, np.int32),
         num_classes=10,
     )
-    source = input_pipeline.InMemoryInput(
+    source = in_memory.InMemoryInput(
         data,
         seed=0,
         batch_size=batch,

@@ -255,7 +255,7 @@ def build_model(
     """The ``full`` network named ``arch`` (see :func:`architecture`).
 
     ``zero_init_residual`` defaults to True because the shipped configs turn it on for ``full``
-    (``configs/default.py``: ``"auto"``); it changes the initial values only.
+    (``mcjax/training/defaults.py``: ``"auto"``); it changes the initial values only.
     """
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")

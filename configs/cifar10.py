@@ -10,11 +10,11 @@ The data must be prepared once (needs TensorFlow and the network, elsewhere):
 Expected (paper, Table 3, best of 4): ``29,8,8`` learned K=4 95.1%, full 93.3%.
 """
 
-from configs import default
+from mcjax.training import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = "cifar10"
     config.data.num_classes = 10
     config.model.arch = "29,8,8"

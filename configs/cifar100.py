@@ -11,11 +11,11 @@ Expected (paper, Table 1, best of 4): ``29,8,8`` learned K=4 75.9% top-1,
 full (ResNeXt) 73.5%; ``29,64,8`` learned K=4 84.1%.
 """
 
-from configs import default
+from mcjax.training import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = "cifar100"
     config.data.num_classes = 100
     config.model.arch = "29,8,8"

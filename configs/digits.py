@@ -8,11 +8,11 @@ Expected on a 2-core CPU: about 3 minutes for all four phases, test accuracy
 of about 98% (at least 97%); learned K=4 on a 20,4,8 network.
 """
 
-from configs import default
+from mcjax.training import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = "digits"
     config.data.image_size = 8
     config.data.channels = 1

@@ -10,11 +10,11 @@ Run::
 Expected (paper, Table 2): resnext50_32x4d learned K=16 79.1% top-1 / 94.1% top-5.
 """
 
-from configs import default
+from mcjax.training import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = "imagenet"
     config.data.num_classes = 1000
     config.data.image_size = 224

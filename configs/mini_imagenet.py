@@ -12,11 +12,11 @@ max-pool (Table 6). Expected (paper, best of 4): ``29,8,8`` learned K=4 71.4%,
 full 68.1%, random K=4 68.0%.
 """
 
-from configs import default
+from mcjax.training import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.get_config()
     config.data.name = "mini_imagenet"
     config.data.num_classes = 100
     config.data.image_size = 64  # the crop the network sees

@@ -23,7 +23,7 @@ import numpy as np
 
 from mcjax import models
 from mcjax.architectures import Architecture, ModuleSpec
-from mcjax.build import DTYPES
+from mcjax.models import DTYPES
 
 FORMAT = "mcjax-pruned-model-v1"
 
@@ -165,7 +165,7 @@ def predict(model: LoadedModel, images: Any) -> jax.Array:
     """Logits ``[N, classes]`` for uint8 images ``[N, H, W, C]`` (test-time preprocessing).
 
     ImageNet models expect images already resized (shorter side 256) and
-    centre-cropped to 224, as :mod:`mcjax.imagenet_input` does for evaluation.
+    centre-cropped to 224, as :mod:`mcjax.data.streaming` does for evaluation.
     """
     images = jnp.asarray(images)
     mean = jnp.asarray(model.mean_image)

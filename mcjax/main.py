@@ -11,7 +11,7 @@ Several processes (hosts, or one per GPU) run the same command; they join with
 A workdir that holds a checkpoint is resumed from it (the newest one whose checksums
 verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning).
 
-Exit statuses (constants in :mod:`mcjax.preemption`):
+Exit statuses (constants in :mod:`mcjax.training.preemption`):
 
 * 0: finished.
 * 2 (``EXIT_BAD_INPUT``): a bad config field or bad data; one ``error:`` line per problem.
@@ -31,7 +31,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import datasets, distributed, outputs, preemption, train, validation
+from mcjax.data import sources
+from mcjax.training import distributed, loop, preemption, run_outputs, validation
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -95,8 +96,8 @@ def main(argv):
         sys.exit(preemption.EXIT_BAD_INPUT)
     logging.info("workdir %s", workdir)
     try:
-        summary = train.train_and_evaluate(config, workdir)
-    except datasets.DataError as error:
+        summary = loop.train_and_evaluate(config, workdir)
+    except sources.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(preemption.EXIT_BAD_INPUT)
     except FloatingPointError as error:
@@ -106,7 +107,7 @@ def main(argv):
         print(f"preempted: {stopped}", file=sys.stderr)
         sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
-        print(outputs.format_summary(summary))
+        print(run_outputs.format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -37,10 +37,13 @@ Array = jax.Array
 
 CONNECTIVITIES = ("learned", "full", "random", "real")
 AGGREGATIONS = ("sum", "mean")
+# Compute dtypes by config name; parameters, BN statistics and logits stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = [
     "AGGREGATIONS",
     "CONNECTIVITIES",
+    "DTYPES",
     "Network",
     "apply",
     "forward_connectivity",

@@ -16,20 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import models, optim, parallel, train
+from mcjax import models, optim, parallel
 from mcjax.architectures import get_architecture
+from mcjax.training import loop
 
 
 def run(mesh, steps, learn_masks):
     """``steps`` steps on ``mesh``, or without shard_map at all when ``mesh`` is None."""
     net = models.Network(get_architecture("11,2,4"), num_classes=5, fan_in=2)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = train.create_state(net, tx, jax.random.key(0))
+    state = loop.create_state(net, tx, jax.random.key(0))
     static = dict(net=net, tx=tx, key=jax.random.key(1), learn_masks=learn_masks)
     if mesh is None:
-        step = jax.jit(functools.partial(train.train_step, **static))
+        step = jax.jit(functools.partial(loop.train_step, **static))
     else:
-        step = parallel.data_parallel_train_step(train.train_step, mesh, **static)
+        step = parallel.data_parallel_train_step(loop.train_step, mesh, **static)
         state = jax.device_put(state, parallel.state_sharding(mesh))
     metrics = None
     for i in range(steps):

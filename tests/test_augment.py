@@ -1,4 +1,4 @@
-"""mcjax.augment: crops and flips are exact views, keys depend only on the global index."""
+"""mcjax.data.augment: crops and flips are exact views, keys depend only on the global index."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcjax import augment
+from mcjax.data import augment
 
 
 def _images(n: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcjax import costs, models, summary
+from mcjax import cost_table, costs, models
 from mcjax.architectures import get_architecture
 
 
@@ -73,7 +73,7 @@ def test_summary_command_json(config_file, arch):
         [
             sys.executable,
             "-m",
-            "mcjax.summary",
+            "mcjax.cost_table",
             f"--config={config_file}",
             f"--config.model.arch={arch}",
             "--json",
@@ -93,13 +93,13 @@ def test_summary_table_and_bad_arch():
 
     config = cifar100.get_config()
     config.model.arch = "20,4,8"
-    table = summary.format_table(summary.summarize(config))
+    table = cost_table.format_table(cost_table.summarize(config))
     assert "module 6" in table and "params_train = 0.28M" in table
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "mcjax.summary",
+            "mcjax.cost_table",
             "--config=configs/cifar100.py",
             "--config.model.arch=21,4,8",
         ],

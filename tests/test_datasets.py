@@ -1,4 +1,4 @@
-"""Loaders of mcjax.datasets on data each test makes itself (no network, no TensorFlow)."""
+"""Loaders of mcjax.data.sources on data each test makes itself (no network, no TensorFlow)."""
 
 import os
 import time
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcjax import datasets
-from mcjax.datasets import DataError
+from mcjax.data import sources
+from mcjax.data.sources import DataError
 
 # ----------------------------------------------------------------------------- digits
 
 
 def test_digits_shapes_dtypes_and_scale():
-    data = datasets.load_digits()
+    data = sources.load_digits()
     assert data.name == "digits" and data.num_classes == 10
     assert data.train_images.shape == (1437, 8, 8, 1)
     assert data.test_images.shape == (360, 8, 8, 1)
@@ -30,10 +30,10 @@ def test_digits_shapes_dtypes_and_scale():
 
 
 def test_digits_split_is_deterministic_and_stratified():
-    a, b = datasets.load_digits(), datasets.load_digits()
+    a, b = sources.load_digits(), sources.load_digits()
     np.testing.assert_array_equal(a.train_images, b.train_images)
     np.testing.assert_array_equal(a.test_labels, b.test_labels)
-    other = datasets.load_digits(seed=1)
+    other = sources.load_digits(seed=1)
     assert not np.array_equal(a.test_labels, other.test_labels)
 
     train_counts = np.bincount(a.train_labels, minlength=10)
@@ -47,7 +47,7 @@ def test_digits_split_is_deterministic_and_stratified():
 def test_in_memory_data_rejects_labels_out_of_range():
     images = np.zeros((4, 2, 2, 1), np.uint8)
     with pytest.raises(DataError, match=r"must lie in \[0, 3\)"):
-        datasets.InMemoryData(
+        sources.InMemoryData(
             "bad", images, np.array([0, 1, 2, 3], np.int32), images, np.zeros(4, np.int32), 3
         )
 
@@ -57,7 +57,7 @@ def test_in_memory_data_rejects_labels_out_of_range():
 
 def test_load_tfds_cifar_reads_array_record_without_tensorflow(tmp_path):
     fake_data.prepare_cifar(tmp_path, num_train=12, num_test=5)
-    data = datasets.load_tfds_cifar("cifar100", data_dir=str(tmp_path))
+    data = sources.load_tfds_cifar("cifar100", data_dir=str(tmp_path))
     assert data.num_classes == 100
     assert data.train_images.shape == (12, 32, 32, 3) and data.test_images.shape == (5, 32, 32, 3)
     assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int32
@@ -76,17 +76,17 @@ def test_load_dispatch_checks_num_classes(tmp_path):
     config = ml_collections.ConfigDict(
         {"name": "cifar100", "data_dir": str(tmp_path), "num_classes": 100}
     )
-    assert datasets.load(config).train_images.shape == (3, 32, 32, 3)
+    assert sources.load(config).train_images.shape == (3, 32, 32, 3)
     config.num_classes = 10
     with pytest.raises(DataError, match="num_classes=100"):
-        datasets.load(config)
+        sources.load(config)
 
 
 def test_missing_cifar_raises_quickly_with_instructions(tmp_path):
     empty = tmp_path / "no_data_here"
     start = time.monotonic()
     with pytest.raises(DataError) as info:
-        datasets.load_tfds_cifar("cifar10", data_dir=str(empty))
+        sources.load_tfds_cifar("cifar10", data_dir=str(empty))
     assert time.monotonic() - start < 10.0
     message = str(info.value)
     assert str(empty) in message
@@ -102,16 +102,16 @@ def test_cifar_prepared_as_tfrecord_is_refused_with_instructions(tmp_path):
     assert '"fileFormat": "array_record"' in text
     info_path.write_text(text.replace('"fileFormat": "array_record"', '"fileFormat": "tfrecord"'))
     with pytest.raises(DataError, match=r"stored as tfrecord.*--file_format=array_record"):
-        datasets.load_tfds_cifar("cifar100", data_dir=str(tmp_path))
+        sources.load_tfds_cifar("cifar100", data_dir=str(tmp_path))
 
 
 def test_unknown_names_raise_data_error():
     with pytest.raises(DataError, match="unknown data set"):
-        datasets.load(ml_collections.ConfigDict({"name": "mnist", "data_dir": ""}))
+        sources.load(ml_collections.ConfigDict({"name": "mnist", "data_dir": ""}))
     with pytest.raises(DataError, match="unknown CIFAR"):
-        datasets.load_tfds_cifar("cifar1000", data_dir=None)
+        sources.load_tfds_cifar("cifar1000", data_dir=None)
     with pytest.raises(DataError, match="streamed"):
-        datasets.load(ml_collections.ConfigDict({"name": "imagenet", "data_dir": ""}))
+        sources.load(ml_collections.ConfigDict({"name": "imagenet", "data_dir": ""}))
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -136,7 +136,7 @@ def _make_folder(root, num_classes: int = 5, per_class: int = 7) -> None:
 
 def test_image_folder_split_labels_and_resize(tmp_path):
     _make_folder(tmp_path)
-    data = datasets.load_image_folder(
+    data = sources.load_image_folder(
         str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
     )
     assert data.num_classes == 5 and data.name == "mini_imagenet"
@@ -165,7 +165,7 @@ def test_image_folder_reads_grey_and_jpeg_and_dispatch(tmp_path):
             "test_per_class": 1,
         }
     )
-    data = datasets.load(config)
+    data = sources.load(config)
     assert data.train_images.shape == (4, 6, 6, 3)
     assert (data.train_images[0] == 128).all()
     # img_00.jpg sorts before img_00.png.
@@ -175,7 +175,7 @@ def test_image_folder_reads_grey_and_jpeg_and_dispatch(tmp_path):
 def test_image_folder_wrong_class_count(tmp_path):
     _make_folder(tmp_path, num_classes=4)
     with pytest.raises(DataError, match=r"has 4 class subfolders .* but 5 are expected"):
-        datasets.load_image_folder(
+        sources.load_image_folder(
             str(tmp_path), train_per_class=5, test_per_class=2, expected_classes=5
         )
 
@@ -184,7 +184,7 @@ def test_image_folder_too_few_images(tmp_path):
     _make_folder(tmp_path)
     os.remove(tmp_path / "n003" / "img_06.png")
     with pytest.raises(DataError, match=r"n003 has 6 images but 7 are needed"):
-        datasets.load_image_folder(
+        sources.load_image_folder(
             str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
         )
 
@@ -194,13 +194,13 @@ def test_image_folder_corrupt_file_is_named(tmp_path):
     bad = tmp_path / "n002" / "img_03.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not image data")
     with pytest.raises(DataError, match=r"cannot read image .*n002.img_03\.png"):
-        datasets.load_image_folder(
+        sources.load_image_folder(
             str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
         )
 
 
 def test_image_folder_missing_root(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        datasets.load_image_folder(str(tmp_path / "absent"))
+        sources.load_image_folder(str(tmp_path / "absent"))
     with pytest.raises(DataError, match=r"needs `--config\.data\.data_dir="):
-        datasets.load(ml_collections.ConfigDict({"name": "mini_imagenet", "data_dir": ""}))
+        sources.load(ml_collections.ConfigDict({"name": "mini_imagenet", "data_dir": ""}))

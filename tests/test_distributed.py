@@ -2,7 +2,8 @@
 
 import pytest
 
-from mcjax import distributed, parallel
+from mcjax import parallel
+from mcjax.training import distributed
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from test_train import digits_config
 
-from mcjax import outputs, preemption, train
-from mcjax.checkpoint import Checkpointer
-from mcjax.metric_writers import read_records
+from mcjax.training import loop, preemption, run_outputs
+from mcjax.training.checkpoint import Checkpointer
+from mcjax.training.metric_writers import read_records
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
@@ -109,13 +109,13 @@ def _steps(workdir) -> list[int]:
 
 
 def _template(config):
-    net = train.build.network(config)
-    tx = train.make_optimizer(config, train.Schedule.from_config(config, 1437))
-    return train.create_state(net, tx, jax.random.key(0))
+    net = loop.build.network(config)
+    tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
+    return loop.create_state(net, tx, jax.random.key(0))
 
 
 def _resume(config, workdir) -> dict:
-    summary = train.train_and_evaluate(config, str(workdir))
+    summary = loop.train_and_evaluate(config, str(workdir))
     steps = [r["step"] for r in read_records(workdir / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
     return summary
@@ -126,7 +126,7 @@ def uninterrupted(tmp_path_factory):
     """The tiny digits run of TINY_FLAGS, in this process: (config, workdir, digest)."""
     workdir = tmp_path_factory.mktemp("whole")
     config = digits_config()
-    summary = train.train_and_evaluate(config, str(workdir))
+    summary = loop.train_and_evaluate(config, str(workdir))
     assert _steps(workdir) == [3, 6, 9, 12, 14, 15, 18, 21, 22]
     return config, workdir, summary["state_digest"]
 
@@ -251,7 +251,7 @@ def test_flipped_bytes_in_latest_checkpoint_are_caught_by_checksums(
     checkpoints.close()
     warnings = _check_moved_aside(workdir, caplog)
     assert any("sha256" in w for w in warnings), warnings
-    assert step == 21 and outputs.state_digest(state) == outputs.state_digest(expected)
+    assert step == 21 and run_outputs.state_digest(state) == run_outputs.state_digest(expected)
     assert _steps(workdir)[-1] == 21
 
 

@@ -1,4 +1,4 @@
-"""mcjax.imagenet_input on a tiny imagenet2012 that tfds writes here, without TensorFlow."""
+"""mcjax.data.streaming on a tiny imagenet2012 that tfds writes here, without TensorFlow."""
 
 import io
 import time
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcjax import augment, imagenet_input
-from mcjax.datasets import DataError
+from mcjax.data import augment, streaming
+from mcjax.data.sources import DataError
 
 NUM_TRAIN, NUM_VALIDATION = 12, 5
 
@@ -48,11 +48,11 @@ def data_dir(tmp_path_factory):
 
 
 def _denormalize(images: np.ndarray) -> np.ndarray:
-    return (images * imagenet_input.IMAGENET_STD + imagenet_input.IMAGENET_MEAN) * 255.0
+    return (images * streaming.IMAGENET_STD + streaming.IMAGENET_MEAN) * 255.0
 
 
 def test_train_batch_shape_dtype_and_labels(data_dir):
-    with imagenet_input.ImageNetInput(data_dir, seed=0, image_size=32, num_workers=2) as source:
+    with streaming.ImageNetInput(data_dir, seed=0, image_size=32, num_workers=2) as source:
         assert (source.num_train, source.num_test, source.num_classes) == (12, 5, 1000)
         indices = augment.train_batch_indices(0, 0, source.num_train, 4)
         images, labels = source.train_batch(0, indices)
@@ -66,7 +66,7 @@ def test_train_batch_shape_dtype_and_labels(data_dir):
 
 def test_train_batch_is_a_pure_function_of_seed_step_and_position(data_dir):
     indices = np.array([3, 1, 4, 1, 5, 9, 2, 6])
-    with imagenet_input.ImageNetInput(data_dir, seed=1, image_size=24, prefetch=0) as plain:
+    with streaming.ImageNetInput(data_dir, seed=1, image_size=24, prefetch=0) as plain:
         reference, ref_labels = plain.train_batch(7, indices)
         again, _ = plain.train_batch(7, indices)
         other_step, _ = plain.train_batch(8, indices)
@@ -78,18 +78,18 @@ def test_train_batch_is_a_pure_function_of_seed_step_and_position(data_dir):
     assert not np.array_equal(other_step, reference)
     # Index 1 appears twice at different positions: two different random views.
     assert not np.array_equal(reference[1], reference[3])
-    with imagenet_input.ImageNetInput(data_dir, seed=1, image_size=24, num_workers=3) as fresh:
+    with streaming.ImageNetInput(data_dir, seed=1, image_size=24, num_workers=3) as fresh:
         images, labels = fresh.train_batch(7, indices)
     np.testing.assert_array_equal(images, reference)
     np.testing.assert_array_equal(labels, ref_labels)
 
 
 def test_prefetched_batches_equal_direct_ones(data_dir):
-    with imagenet_input.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
+    with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
         stream = ahead.train_batches(start_step=5, batch_size=4)
         prefetched = [next(stream) for _ in range(4)]
         assert set(ahead._pending) == {9, 10}  # decoding ahead of the consumer
-    with imagenet_input.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=0) as direct:
+    with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=0) as direct:
         for step, images, labels in prefetched:
             indices = augment.train_batch_indices(2, step, direct.num_train, 4)
             expected_images, expected_labels = direct.train_batch(step, indices)
@@ -99,12 +99,12 @@ def test_prefetched_batches_equal_direct_ones(data_dir):
 
 
 def test_prefetch_is_not_used_for_other_indices(data_dir):
-    with imagenet_input.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
+    with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
         ahead.train_batch(0, augment.train_batch_indices(2, 0, ahead.num_train, 4))
         assert set(ahead._pending) == {1, 2}
         unplanned = np.array([0, 1, 2, 3])
         images, labels = ahead.train_batch(1, unplanned)
-    with imagenet_input.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=0) as direct:
+    with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=0) as direct:
         expected_images, expected_labels = direct.train_batch(1, unplanned)
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -113,12 +113,12 @@ def test_prefetch_is_not_used_for_other_indices(data_dir):
 def test_prefetch_of_one_hosts_slice(data_dir):
     plan = [augment.train_batch_indices(3, step, NUM_TRAIN, 8) for step in range(3)]
     host = np.arange(4, 8)  # the second of two hosts
-    with imagenet_input.ImageNetInput(
+    with streaming.ImageNetInput(
         data_dir, seed=3, image_size=16, prefetch=1, global_batch_size=8
     ) as sliced:
         served = [sliced.train_batch(step, plan[step][host], positions=host) for step in range(2)]
         assert set(sliced._pending) == {2}
-    with imagenet_input.ImageNetInput(data_dir, seed=3, image_size=16, prefetch=0) as whole:
+    with streaming.ImageNetInput(data_dir, seed=3, image_size=16, prefetch=0) as whole:
         for step in range(2):
             images, labels = whole.train_batch(step, plan[step])
             np.testing.assert_array_equal(served[step][0], images[host])
@@ -131,7 +131,7 @@ def test_corrupt_record_raises_data_error_naming_it(tmp_path):
         yield "b", {"file_name": "broken.JPEG", "image": garbage, "label": 0}
 
     fake_data.prepare_imagenet(tmp_path, broken, broken)
-    with imagenet_input.ImageNetInput(str(tmp_path), seed=0, image_size=8) as source:
+    with streaming.ImageNetInput(str(tmp_path), seed=0, image_size=8) as source:
         with pytest.raises(DataError, match=r"train example 0 \(broken\.JPEG\)"):
             source.train_batch(0, np.array([0]))
         with pytest.raises(DataError, match=r"validation example 0 \(broken\.JPEG\)"):
@@ -139,7 +139,7 @@ def test_corrupt_record_raises_data_error_naming_it(tmp_path):
 
 
 def test_eval_batches_cover_the_validation_split_once(data_dir):
-    with imagenet_input.ImageNetInput(data_dir, seed=0, image_size=32, prefetch=1) as source:
+    with streaming.ImageNetInput(data_dir, seed=0, image_size=32, prefetch=1) as source:
         batches = list(source.eval_batches(batch_size=2))
     assert len(batches) == 3
     seen = []
@@ -157,21 +157,21 @@ def test_random_resized_crop_box_respects_scale_and_ratio():
     rng = np.random.default_rng(0)
     for _ in range(200):
         width, height = rng.integers(50, 400, 2)
-        left, top, right, bottom = imagenet_input.random_resized_crop_box(rng, width, height)
+        left, top, right, bottom = streaming.random_resized_crop_box(rng, width, height)
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
         w, h = right - left, bottom - top
         # Rounding to whole pixels widens the bounds a little.
         assert 0.06 * width * height <= w * h <= width * height
         assert 0.7 <= w / h <= 1.4 or (w, h) in {(width, height)}
     # An image too thin for any try falls back to a centred crop of the clamped ratio.
-    box = imagenet_input.random_resized_crop_box(rng, 400, 20, scale=(0.9, 1.0))
+    box = streaming.random_resized_crop_box(rng, 400, 20, scale=(0.9, 1.0))
     assert box == (186, 0, 213, 20)  # width round(20 * 4/3) = 27, centred
 
 
 def test_missing_imagenet_raises_quickly_with_instructions(tmp_path):
     start = time.monotonic()
     with pytest.raises(DataError) as info:
-        imagenet_input.ImageNetInput(str(tmp_path / "empty"), seed=0)
+        streaming.ImageNetInput(str(tmp_path / "empty"), seed=0)
     assert time.monotonic() - start < 10.0
     message = str(info.value)
     assert str(tmp_path / "empty") in message
@@ -181,7 +181,7 @@ def test_missing_imagenet_raises_quickly_with_instructions(tmp_path):
 
 def test_eval_rows_are_the_rows_of_the_whole_batches(data_dir):
     """A host that decodes only its rows of each evaluation batch gets exactly those rows."""
-    with imagenet_input.ImageNetInput(data_dir, seed=0, image_size=32, prefetch=1) as source:
+    with streaming.ImageNetInput(data_dir, seed=0, image_size=32, prefetch=1) as source:
         whole = list(source.eval_batches(4))
         halves = [list(source.eval_batches(4, rows=slice(a, a + 2))) for a in (0, 2)]
     assert len(whole) == len(halves[0]) == len(halves[1]) == 2

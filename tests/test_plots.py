@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from mcjax import plots
+from mcjax.figures import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LIVE_RGB = (0x4C, 0xAF, 0x50)  # plots._LIVE_FACE

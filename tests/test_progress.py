@@ -2,7 +2,7 @@
 
 import io
 
-from mcjax import progress
+from mcjax.training import progress
 
 
 def test_speed_recovers_after_a_pause_and_eta_follows(monkeypatch):

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
-from mcjax import masks, train
-from mcjax.checkpoint import Checkpointer
-from mcjax.metric_writers import read_records
+from mcjax import masks
+from mcjax.training import loop
+from mcjax.training.checkpoint import Checkpointer
+from mcjax.training.metric_writers import read_records
 
 OUTPUTS = [
     "config.json",
@@ -59,7 +60,7 @@ def digits_run(tmp_path_factory):
     """One tiny learned-connectivity digits run (K = 1), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("digits")
     config = digits_config(fan_in=1)
-    summary = train.train_and_evaluate(config, str(workdir))
+    summary = loop.train_and_evaluate(config, str(workdir))
     return config, workdir, summary
 
 
@@ -167,7 +168,7 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
 
 
 def _check_outputs_after(config, workdir, test_examples):
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
     summary = _check_outputs(workdir, test_examples)
     assert os.path.exists(workdir / "pruned_model" / "model.json")
     return summary
@@ -182,7 +183,7 @@ def test_resume_after_interruption_gives_the_same_state(digits_run, tmp_path):
         if name.isdigit() and int(name) > 6:
             shutil.rmtree(interrupted / "checkpoints" / name)
     os.remove(interrupted / "summary.json")
-    resumed = train.train_and_evaluate(config, str(interrupted))
+    resumed = loop.train_and_evaluate(config, str(interrupted))
     assert resumed["state_digest"] == summary["state_digest"]
     assert resumed["steps"] == summary["steps"] == 22
     steps = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r]
@@ -195,9 +196,9 @@ def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
     final = _json(workdir / "connectivity.json")
     assert frozen["step"] == 9
 
-    net = train.build.network(config)
-    tx = train.make_optimizer(config, train.Schedule.from_config(config, 1437))
-    template = train.create_state(net, tx, jax.random.key(0))
+    net = loop.build.network(config)
+    tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
+    template = loop.create_state(net, tx, jax.random.key(0))
     checkpoints = Checkpointer(str(workdir))
     end_of_phase_1, _ = checkpoints.restore(9, template)
     last, _ = checkpoints.restore(22, template)

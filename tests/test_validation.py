@@ -1,4 +1,4 @@
-"""Tests of mcjax.validation: up-front config checks and the resume guard."""
+"""Tests of mcjax.training.validation: up-front config checks and the resume guard."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
-from mcjax.validation import ConfigError, check_workdir_matches, validate_config
+from mcjax.training.validation import ConfigError, check_workdir_matches, validate_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -205,7 +205,7 @@ def test_valid_variations(changes):
 
 
 def _write_config_json(workdir: pathlib.Path, config) -> None:
-    # As mcjax.train.train_and_evaluate writes it (tuples become lists).
+    # As mcjax.training.loop.train_and_evaluate writes it (tuples become lists).
     with open(workdir / "config.json", "w") as f:
         json.dump(config.to_dict(), f, indent=1)
 

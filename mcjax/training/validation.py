@@ -1,6 +1,6 @@
 """Up-front checks of a training config, before anything is compiled or loaded.
 
-:func:`validate_config` checks every field of a config (see ``configs/default.py``)
+:func:`validate_config` checks every field of a config (see ``mcjax/training/defaults.py``)
 and raises :class:`ConfigError` listing **every** problem it found, one sentence
 per problem and one problem per line (``error.problems`` holds them as a tuple).
 Each sentence names the field as it is written on the command line (e.g.
@@ -33,8 +33,7 @@ from typing import Any
 
 from mcjax.architectures import STEMS, Architecture, get_architecture
 from mcjax.blocks import BRANCH_IMPLS
-from mcjax.build import DTYPES
-from mcjax.models import AGGREGATIONS, CONNECTIVITIES
+from mcjax.models import AGGREGATIONS, CONNECTIVITIES, DTYPES
 
 __all__ = [
     "DATASETS",
@@ -289,7 +288,7 @@ class _Checker:
         if None not in (expected_classes, num_classes) and num_classes != expected_classes:
             self.bad("data.num_classes", num_classes, f"{expected_classes}, the classes of {name}")
         if name == "mini_imagenet":
-            folder_size = 84  # mcjax.datasets.load's default
+            folder_size = 84  # mcjax.data.sources.load's default
             if self.get("data.folder_image_size") is not _MISSING:
                 folder_size = self.positive_int("data.folder_image_size")
             for field in ("train_per_class", "test_per_class"):
@@ -404,7 +403,7 @@ def _as_dict(section: Any) -> dict:
 def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> None:
     """Refuses to resume a run of a different network in ``workdir``.
 
-    ``workdir/config.json`` is written by :func:`mcjax.train.train_and_evaluate`
+    ``workdir/config.json`` is written by :func:`mcjax.training.loop.train_and_evaluate`
     (``json.dump(config.to_dict())``). When it exists, the fields that define the
     network are compared with ``config``: every ``config.model`` field except
     :data:`RESUMABLE_MODEL_FIELDS` (how the same function is computed), and

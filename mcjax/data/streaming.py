@@ -3,7 +3,7 @@
 Source: tensorflow-datasets ``imagenet2012`` prepared in ``array_record`` format
 (splits ``train`` and ``validation``), read without TensorFlow; it is never
 downloaded (ImageNet needs a manual download), and a missing copy raises
-:class:`mcjax.datasets.DataError` at once, saying how to prepare it.
+:class:`mcjax.data.sources.DataError` at once, saying how to prepare it.
 
 Views (ResNeXt / fb.resnet.torch protocol, sizes for ``image_size=224``):
 
@@ -20,7 +20,7 @@ step is the same whatever thread, host or call order produced it, and a resumed
 run sees the same images.
 
 Prefetch: :meth:`ImageNetInput.train_batch` serves step ``s`` and, when the
-caller's indices follow :func:`mcjax.augment.train_batch_indices` with the same
+caller's indices follow :func:`mcjax.data.augment.train_batch_indices` with the same
 seed, starts decoding steps ``s+1 .. s+prefetch`` in the thread pool; a
 prefetched batch is only used if its step, indices and positions match the
 request exactly, so prefetching never changes a result.
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from mcjax import augment
-from mcjax.datasets import DataError, open_tfds_splits
+from mcjax.data import augment
+from mcjax.data.sources import DataError, open_tfds_splits
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -353,7 +353,7 @@ class ImageNetInput:
         self, start_step: int, batch_size: int
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Endless ``(step, images, labels)`` from ``start_step`` in the order of
-        :func:`mcjax.augment.train_batch_indices`, decoded ``prefetch`` steps ahead."""
+        :func:`mcjax.data.augment.train_batch_indices`, decoded ``prefetch`` steps ahead."""
         step = int(start_step)
         while True:
             indices = augment.train_batch_indices(self.seed, step, self.num_train, batch_size)

@@ -7,7 +7,7 @@ Every loader returns an :class:`InMemoryData`:
 * every label lies in ``[0, num_classes)`` (checked on construction);
 * ``mean_image`` float32 ``[H, W, C]``: the per-pixel mean of the *training*
   images on the ``[0, 1]`` scale (``uint8 / 255``), which the augmentations in
-  :mod:`mcjax.augment` subtract.
+  :mod:`mcjax.data.augment` subtract.
 
 Loaders:
 
@@ -375,7 +375,7 @@ def load(data_config: Any) -> InMemoryData:
     tfds data_dir, or the image folder for mini_imagenet; ``""``/None = default);
     ``num_classes`` if present must match the data. Optional for mini_imagenet:
     ``folder_image_size`` (84), ``train_per_class`` (500), ``test_per_class`` (100).
-    ImageNet streams instead: see :class:`mcjax.imagenet_input.ImageNetInput`.
+    ImageNet streams instead: see :class:`mcjax.data.streaming.ImageNetInput`.
     """
     name = data_config.name
     data_dir = getattr(data_config, "data_dir", None) or None
@@ -398,7 +398,7 @@ def load(data_config: Any) -> InMemoryData:
         )
     elif name == "imagenet":
         raise DataError(
-            "imagenet is streamed, not loaded into memory: use mcjax.imagenet_input.ImageNetInput."
+            "imagenet is streamed, not loaded into memory: use mcjax.data.streaming.ImageNetInput."
         )
     else:
         raise DataError(

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from mcjax.architectures import get_architecture
-from mcjax.models import Network
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from mcjax.models import DTYPES, Network
 
 __all__ = ["network"]
 

@@ -1,7 +1,7 @@
 """What a finished run leaves in its workdir, and the state digest that compares runs.
 
 ``connectivity.json``, the pruned model (:mod:`mcjax.export`), the figures
-(:mod:`mcjax.plots`) and ``summary.json``; :func:`format_summary` for the console.
+(:mod:`mcjax.figures.plots`) and ``summary.json``; :func:`format_summary` for the console.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from mcjax import costs, export, models, prune
-from mcjax.metric_writers import read_records
+from mcjax.training.metric_writers import read_records
 
 
 def state_digest(state) -> str:

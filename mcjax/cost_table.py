@@ -1,7 +1,7 @@
 r"""Prints a network's per-module table: branches, channels, params, FLOPs per image.
 
-    python -m mcjax.summary --config configs/cifar100.py --config.model.arch=29,64,8
-    python -m mcjax.summary --config configs/imagenet.py \
+    python -m mcjax.cost_table --config configs/cifar100.py --config.model.arch=29,64,8
+    python -m mcjax.cost_table --config configs/imagenet.py \
         --config.model.arch=resnext101_64x4d --json
 
 Params include BN scale and bias, not running statistics nor masks; FLOPs are
@@ -16,7 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mcjax import build, costs
+from mcjax import costs
+from mcjax.training import from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar100.py", "Config file.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
@@ -24,7 +25,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 
 def summarize(config) -> dict:
     """The summary as a JSON-able dict (``params_train``, ``flops_per_image``, ``modules``)."""
-    net = build.network(config)
+    net = from_config.network(config)
     per_block = net.connectivity != "full"
     kwargs = dict(
         image_size=int(config.data.image_size),

@@ -25,22 +25,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from mcjax import (
-    build,
-    distributed,
-    input_pipeline,
-    masks,
-    models,
-    optim,
-    outputs,
-    parallel,
-    preemption,
-    prune,
-    validation,
-)
-from mcjax.checkpoint import Checkpointer
-from mcjax.metric_writers import MetricWriter
-from mcjax.progress import Progress
+from mcjax import masks, models, optim, parallel, prune
+from mcjax.data import in_memory
+from mcjax.training import distributed, from_config, preemption, run_outputs, validation
+from mcjax.training.checkpoint import Checkpointer
+from mcjax.training.metric_writers import MetricWriter
+from mcjax.training.progress import Progress
 
 NUM_PHASES = 4
 
@@ -337,7 +327,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary.
 
     Raises:
-      mcjax.preemption.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
+      mcjax.training.preemption.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
         step it stopped at.
       FloatingPointError: on a non-finite loss or gradient, naming the step and phase;
         the last checkpoint (saved before it) is finished and intact.
@@ -352,13 +342,13 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     os.makedirs(workdir, exist_ok=True)
     is_writer = jax.process_index() == 0
     multi_process = jax.process_count() > 1
-    net = build.network(config)
+    net = from_config.network(config)
     init_key, mask_key, augment_key = _seed_keys(int(config.seed))
-    data = input_pipeline.make_input(config, key=augment_key)
+    data = in_memory.make_input(config, key=augment_key)
     schedule = Schedule.from_config(config, data.num_train)
     tx = make_optimizer(config, schedule)
     if is_writer:
-        outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        run_outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     mesh = _data_mesh()
     step_fns, eval_fn = _compiled_steps(
@@ -457,11 +447,11 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
             state = state._replace(connectivity=masks.top_k(state.params["masks"], net.fan_in))
             if is_writer:
                 live = prune.live_blocks(np.asarray(state.connectivity))
-                outputs.write_json(
+                run_outputs.write_json(
                     os.path.join(workdir, "connectivity_frozen.json"),
                     {
                         "step": step,
-                        **outputs.connectivity_record(
+                        **run_outputs.connectivity_record(
                             net, state.connectivity, state.params["masks"], live
                         ),
                     },
@@ -525,7 +515,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
 
     if final is None:  # resumed from the last step: nothing was evaluated in this process
         final = run_evaluation(state)
-    summary = outputs.finish(
+    summary = run_outputs.finish(
         config,
         workdir,
         net,

@@ -4,7 +4,7 @@ Small data sets (digits, CIFAR, Mini-ImageNet) live on the device whole, as
 uint8; each step gathers its batch and augments it there, with keys that are a
 pure function of ``(seed, step, index in the global batch)``, so a resumed run
 sees exactly the same batches. ImageNet streams from host threads
-(:mod:`mcjax.imagenet_input`) with the same guarantee.
+(:mod:`mcjax.data.streaming`) with the same guarantee.
 
 With several processes each one asks only for its ``rows`` of every global batch
 (:func:`mcjax.parallel.process_rows`); an example's augmentation depends on its
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import augment, datasets
+from mcjax.data import augment, sources
 
 __all__ = ["InMemoryInput", "make_input"]
 
@@ -73,7 +73,7 @@ class InMemoryInput:
 
     def __init__(
         self,
-        data: datasets.InMemoryData,
+        data: sources.InMemoryData,
         *,
         seed: int,
         batch_size: int,
@@ -91,7 +91,7 @@ class InMemoryInput:
         self._train_kind, self._eval_kind, crops = _TRANSFORMS[data.name]
         self.crop = image_size if crops else None
         if not crops and data.train_images.shape[1] != image_size:
-            raise datasets.DataError(
+            raise sources.DataError(
                 f"config.data.image_size is {image_size} but {data.name} images are "
                 f"{data.train_images.shape[1]}x{data.train_images.shape[2]}"
             )
@@ -132,7 +132,7 @@ class InMemoryInput:
 
 
 class StreamingInput:
-    """ImageNet through host threads (see :mod:`mcjax.imagenet_input`)."""
+    """ImageNet through host threads (see :mod:`mcjax.data.streaming`)."""
 
     def __init__(self, config, *, seed: int, batch_size: int, eval_batch_size: int):
         from mcjax import imagenet_input
@@ -164,7 +164,7 @@ class StreamingInput:
 
 
 def make_input(config, *, key: jax.Array):
-    """The input of ``config.data`` (raises :class:`mcjax.datasets.DataError` if missing)."""
+    """The input of ``config.data`` (raises :class:`mcjax.data.sources.DataError` if missing)."""
     kwargs = dict(
         seed=int(config.seed),
         batch_size=int(config.batch_size),
@@ -173,5 +173,5 @@ def make_input(config, *, key: jax.Array):
     if config.data.name == "imagenet":
         return StreamingInput(config, **kwargs)
     return InMemoryInput(
-        datasets.load(config.data), key=key, image_size=int(config.data.image_size), **kwargs
+        sources.load(config.data), key=key, image_size=int(config.data.image_size), **kwargs
     )

@@ -36,7 +36,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mcjax import distributed
+from mcjax.training import distributed
 
 MANIFEST_SUFFIX = ".sha256.json"
 
