@@ -183,11 +183,11 @@ def test_rows_of_a_global_batch_do_not_depend_on_who_loads_them():
     """Each process loads its rows of every batch (multi-host); the rows must be the ones
     of the whole batch, augmentation included, and so must the evaluation rows."""
     from configs import digits
-    from mcjax import input_pipeline
+    from mcjax.data import in_memory
 
     config = digits.get_config()
     config.batch_size, config.eval_batch_size = 16, 12
-    data = input_pipeline.make_input(config, key=jax.random.key(5))
+    data = in_memory.make_input(config, key=jax.random.key(5))
     for step in (0, 7):
         images, labels = data.train_batch(step)
         for rows in (slice(0, 4), slice(4, 12), slice(12, 16)):

@@ -135,10 +135,10 @@ class StreamingInput:
     """ImageNet through host threads (see :mod:`mcjax.data.streaming`)."""
 
     def __init__(self, config, *, seed: int, batch_size: int, eval_batch_size: int):
-        from mcjax import imagenet_input
+        from mcjax.data import streaming
 
         self.name = "imagenet"
-        self.source = imagenet_input.ImageNetInput(
+        self.source = streaming.ImageNetInput(
             data_dir=config.data.data_dir or None,
             image_size=int(config.data.image_size),
             seed=seed,
@@ -149,8 +149,8 @@ class StreamingInput:
         self.num_test = self.source.num_test
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
         # Per-channel normalisation for the exported model (images pre-cropped to 224).
-        self.mean_image = imagenet_input.IMAGENET_MEAN
-        self.std = imagenet_input.IMAGENET_STD
+        self.mean_image = streaming.IMAGENET_MEAN
+        self.std = streaming.IMAGENET_STD
         self.crop = None
 
     def train_batch(self, step: int, rows: slice = _ALL):
