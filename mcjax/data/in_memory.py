@@ -25,7 +25,7 @@ from mcjax.data import augment, sources
 __all__ = ["InMemoryInput", "make_input"]
 
 # (train augmentation, test preprocessing, whether the network sees a crop) per
-# data set (DESIGN §3); Mini-ImageNet crops config.data.image_size (64) out of 84.
+# data set (docs/design.md §6); Mini-ImageNet crops config.data.image_size (64) out of 84.
 _TRANSFORMS = {
     "digits": ("digits", "plain", False),
     "cifar10": ("cifar", "plain", False),
