@@ -10,6 +10,7 @@ import ast
 import os
 import pathlib
 import re
+import subprocess
 
 import pytest
 import setuptools
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mcjax"
 DESIGN_DOC = ROOT / "docs/design.md"
 
-# Directories that hold build outputs, caches or runs (see .gitignore), never sources.
+# Without git: directories that hold build outputs, caches or runs (see .gitignore).
 _SKIPPED_DIRS = {
     ".git",
     ".venv",
@@ -45,16 +46,33 @@ _DOCUMENT = re.compile(r"[\w.:/-]*\w\.md\b")
 _DESIGN_SECTION = re.compile(r"docs/design\.md\s*§\s*(\d+)(?:\s*-\s*(\d+))?")
 
 
+def _repository_files() -> list[pathlib.Path]:
+    """The files git tracks or would track (.gitignore applies); without git, a walk."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+        return [ROOT / name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+        for directory, subdirs, names in os.walk(ROOT):
+            subdirs[:] = [
+                d for d in subdirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info")
+            ]
+            files += [pathlib.Path(directory, name) for name in names]
+        return files
+
+
 def _text_files():
     """Every UTF-8 text file of the repository (outside build outputs and caches)."""
-    for directory, subdirs, files in os.walk(ROOT):
-        subdirs[:] = [d for d in subdirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info")]
-        for name in files:
-            path = pathlib.Path(directory, name)
-            try:
-                yield path, path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue  # binary files cite nothing
+    for path in _repository_files():
+        try:
+            yield path, path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # binary (or deleted) files cite nothing
 
 
 def _cited_documents(path: pathlib.Path, text: str) -> list[str]:
