@@ -12,6 +12,8 @@ The preprocessing names (``train_view``, ``eval_view``) are those of
 * ``crop_flip``: random ``image_size`` crop + flip of the stored image (E.3);
 * ``plain``: the whole image; ``center_crop``: the central ``image_size`` crop;
 * ``inception_crop`` / ``resize_center_crop``: ResNeXt's ImageNet views (E.2).
+
+The protocol per data set is docs/design.md §6.
 """
 
 from __future__ import annotations

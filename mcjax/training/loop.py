@@ -1,4 +1,4 @@
-"""The paper's four-phase training (appendix E, DESIGN §3), end to end.
+"""The paper's four-phase training (appendix E, docs/design.md §6), end to end.
 
 Phase 1 trains weights and masks jointly (K-hot masks sampled every step from
 the real-valued ones, straight-through gradients); at the start of phase 2 each
