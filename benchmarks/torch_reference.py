@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -818,7 +819,7 @@ def flop_count(model: nn.Module, image_size: int) -> int:
     """Forward FLOPs per image counted by ``torch.utils.flop_counter`` (on the meta device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = model.to("meta").eval()
+    meta = copy.deepcopy(model).to("meta").eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(torch.empty(1, 3, image_size, image_size, device="meta"))

@@ -7,6 +7,7 @@ Skipped without PyTorch (the ``bench`` extra); the torchvision test also without
 import dataclasses
 import importlib.util
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from mcjax import architectures, models  # noqa: E402
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
 _SPEC = importlib.util.spec_from_file_location("torch_reference", _PATH)
 tr = importlib.util.module_from_spec(_SPEC)
+sys.modules["torch_reference"] = tr  # dataclasses look their module up there
 _SPEC.loader.exec_module(tr)
 
 SMALL = "11,4,4"  # one module per stage, C = 4: every kind of module (projections included)
@@ -108,6 +110,9 @@ def test_resnext50_32x4d_is_torchvision_s():
     for train in (False, True):
         assert tr.relative_error(*tr.logits_pair(ours, reference, images, train=train)) < 1e-5
     assert tr.baseline_model("resnext50_32x4d", 1000)[1] == "torchvision"
+    # torchvision documents 4.23 G multiply-adds at 224x224.
+    flops = tr.forward_flops("resnext50_32x4d", image_size=224, num_classes=1000)
+    assert tr.flop_count(reference, 224) == flops and round(flops / 2e9, 2) == 4.23
 
 
 def test_benchmark_reports_each_task_s_fastest_setting():
