@@ -21,7 +21,10 @@ Equivalently, per branch ``j = 1..C`` (what :func:`ResNeXt` computes with
 ``y = ReLU(S(x) + BN3(sum_j conv1x1_expand_j(h_j)))``. That is the layout of mcjax's ``full``
 parameters (``conv1 [C,1,1,c_in,b]``, ``conv2 [C,3,3,b,b]``, ``bn1``/``bn2`` ``[C,b]``,
 ``conv3 [C,1,1,b,c_out]``, ``bn3 [c_out]``), which :func:`port_mcjax_full` maps onto this
-network (channels branch-major: channel ``j*b + k`` is channel ``k`` of branch ``j``)::
+network (channels branch-major: channel ``j*b + k`` is channel ``k`` of branch ``j``). The two
+compute the same logits in eval mode and in train mode (batch statistics); their running
+statistics differ slightly after a train step (PyTorch keeps the unbiased batch variance,
+mcjax the biased one)::
 
     python benchmarks/torch_reference.py --check     # needs jax + mcjax; exits 1 on any mismatch
     python benchmarks/torch_reference.py --arch 29,8,8 --batch 32 --steps 5
@@ -34,7 +37,7 @@ setting in ``layouts x modes`` (``channels_last`` / ``contiguous`` memory, ``eag
 training and inference reports its fastest setting. CPU threads: all the machine's cores
 (``--threads``). A training step is forward, cross-entropy, backward and ``torch.optim.SGD``
 (lr 0.1, momentum 0.9, weight decay 5e-4 on every parameter; ``fused`` on CUDA), the update of
-``mcjax.optim.weight_sgd``. One first step is timed alone (``first_step_s``: compilation under
+``mcjax.optim.weight_sgd``. One first step is timed alone (``train_first_s``: compilation under
 ``torch.compile``, cuDNN's algorithm search on CUDA), ``--warmup`` steps run untimed, then
 ``--steps`` steps are timed one by one, each synchronised, and the median is reported.
 Inference (``eval()``, ``torch.inference_mode``) is timed the same way. ``bfloat16`` runs
