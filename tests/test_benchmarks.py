@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -140,3 +141,14 @@ def test_gpu_table_report_takes_fastest_setting_and_picked_formulation(tmp_path)
     full = rows["mcjax full"]
     assert full[3] == "loop" and full[5] == "128.0" and full[10] == "0.50"
     assert rows["mcjax learned"][11] == "2.00"
+
+
+def test_gpu_table_budget_predicts_from_the_longest_task_so_far():
+    budget = _gpu_table().Budget(deadline=time.time() + 100, first_guess_s=10)
+    assert budget.allows("a") and budget.allows("a", factor=5)
+    assert not budget.allows("a", factor=20)
+    budget.record("a", 60)
+    budget.record("b", 5)
+    assert budget.allows("b", factor=10)  # its own last duration: 50 s
+    assert not budget.allows("unseen", factor=2)  # as long as the longest (60 s), twice
+    assert _gpu_table().Budget(deadline=None, first_guess_s=1e9).allows("x")
