@@ -1,4 +1,4 @@
-r"""Training and inference throughput of mcjax, side by side with a PyTorch reference.
+r"""Training and inference throughput of mcjax, side by side with public PyTorch baselines.
 
     python benchmarks/throughput.py --quick                       # this CPU, < 10 minutes
     python benchmarks/throughput.py --arch 29,8,8 29,64,8 --batch 128 --steps 10 --torch
@@ -16,7 +16,9 @@ CIFAR schedule would take at that speed, and the compiler's peak-memory
 estimate (arguments + temporaries + outputs - aliased; on GPU also the allocator's
 high-water mark). Inference is timed the same way for the unpruned network and
 for its pruned form with a K=1 connectivity (``--prune_fan_in``), next to the
-FLOPs ratio. ``--torch`` adds ``benchmarks/torch_reference.py`` rows for ``full``.
+FLOPs ratio. ``--torch`` adds rows of the public PyTorch ResNeXt next to ``full``
+(``benchmarks/torch_reference.py``: the CIFAR form, torchvision's ``resnext*``), each in
+its fastest setting of memory layout x ``--torch_modes``.
 
 Prints Markdown tables and writes JSON (``--out``) with a record of the machine.
 """
@@ -262,12 +264,18 @@ def input_row(*, batch: int, steps: int, image_size: int) -> dict:
     }
 
 
+# --- PyTorch baseline rows (benchmarks/torch_reference.py; kept apart from the mcjax rows) ---
+
+
 def torch_rows(
-    archs, dtypes, batches, *, steps, warmup, image_size, num_classes, device
+    archs, dtypes, batches, *, steps, warmup, image_size, num_classes, device, modes=("eager",)
 ) -> list[dict]:
+    """The public-form PyTorch ResNeXt (torchvision's for ``resnext*``), each task in its
+    fastest setting of {channels_last, contiguous} x ``modes``; ``impl`` names the setting."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch_reference
 
+    torch_reference.configure(device)
     rows = []
     for arch in archs:
         for dtype in dtypes:
@@ -278,20 +286,24 @@ def torch_rows(
                     steps=steps,
                     warmup=warmup,
                     image_size=image_size,
+                    num_classes=num_classes,
                     device=device,
                     dtype=dtype,
-                    channels_last=True,
-                    num_classes=num_classes,
+                    modes=modes,
                 )
-                common = {k: result[k] for k in ("arch", "dtype", "batch")}
+                common = {
+                    "connectivity": "full",
+                    **{k: result[k] for k in ("arch", "dtype", "batch")},
+                }
                 rows.append(
                     {
                         "what": "train (PyTorch)",
-                        "connectivity": "full",
-                        "impl": "torch",
                         **common,
+                        "impl": f"torch {result['train_setting']}",
                         "images_per_s": result["train_images_per_s"],
-                        "step_ms": result["step_ms"],
+                        "step_ms": result["train_ms"],
+                        "tflops": 3 * result["forward_flops"] * result["train_images_per_s"] / 1e12,
+                        "hours_320_epochs": 320 * 50_000 / result["train_images_per_s"] / 3600,
                         "peak_mib_allocator": result["peak_memory_mib"],
                         "torch": result,
                     }
@@ -299,9 +311,8 @@ def torch_rows(
                 rows.append(
                     {
                         "what": "inference (PyTorch)",
-                        "connectivity": "full",
-                        "impl": "torch",
                         **common,
+                        "impl": f"torch {result['infer_setting']}",
                         "images_per_s": result["infer_images_per_s"],
                         "step_ms": result["infer_ms"],
                     }
@@ -386,6 +397,9 @@ def main(argv=None) -> int:
     parser.add_argument("--impl", default="auto", help="branch formulation (blocks.py)")
     parser.add_argument("--compile_only", nargs="*", default=[], help="archs: compile time only")
     parser.add_argument("--torch", action="store_true", help="PyTorch rows for full")
+    parser.add_argument(
+        "--torch_modes", nargs="+", default=["eager", "compile"], help="eager and/or compile"
+    )
     parser.add_argument("--no_inference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few minutes on a small CPU")
     parser.add_argument("--out", default="benchmarks/throughput.json")
@@ -394,6 +408,7 @@ def main(argv=None) -> int:
         args.arch, args.batch, args.steps, args.warmup = ["20,4,8"], [64], 3, 1
         args.compile_only = args.compile_only or ["29,64,8"]
         args.torch = args.torch or _torch_available()
+        args.torch_modes = ["eager"]  # torch.compile takes minutes on a small CPU
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
     record = {"machine": machine(), "args": vars(args), "rows": []}
@@ -458,6 +473,7 @@ def main(argv=None) -> int:
             image_size=args.image_size,
             num_classes=args.num_classes,
             device=torch_device,
+            modes=args.torch_modes,
         )
         import torch
 
