@@ -153,7 +153,7 @@ def plot_sweep_learning_curves(
             (loss_ax, "train/loss", {"linewidth": 1.0, "alpha": 0.7}),
             (acc_ax, "test/accuracy", {"marker": "o", "markersize": 3, "linewidth": 1.0}),
         ):
-            pts = [(x, r[key]) for r, x in zip(records, xs, strict=True) if x is not None]
+            pts = [(x, r.get(key)) for r, x in zip(records, xs, strict=True) if x is not None]
             pts = sorted((x, float(y)) for x, y in pts if isinstance(y, int | float))
             if pts:
                 x, y = np.array(pts).T
