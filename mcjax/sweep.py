@@ -37,6 +37,7 @@ from mcjax.training import preemption
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mcjax.sweep",
+        allow_abbrev=False,
         description=__doc__.split("\n\n")[0].strip().splitlines()[0],
         epilog="--config.FIELD=VALUE (any number) overrides FIELD in every run.",
     )

@@ -19,7 +19,6 @@ from mcjax.figures._common import save as _save
 __all__ = ["plot_active_branches"]
 
 
-
 def plot_active_branches(
     live: Sequence | Mapping[str, Sequence],
     path,
@@ -103,5 +102,3 @@ def plot_active_branches(
     if len(series) > 1 or series[0][0] is not None:
         ax.legend(loc="best", fontsize=9)
     _save(fig, path)
-
-

@@ -34,7 +34,6 @@ _STEM = "#e53935"
 _HEAD = "#1e88e5"
 
 
-
 def plot_connectivity(
     binary: Sequence | None,
     live: Sequence | None,
@@ -314,5 +313,3 @@ def plot_connectivity(
     )
     # Cap the longer side near 1900 pixels: drawing thousands of lines costs per pixel.
     _save(fig, path, dpi=float(np.clip(1900 / max(fig_w, fig_h), 90, _DPI)))
-
-

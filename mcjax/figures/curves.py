@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -58,7 +59,9 @@ def x_coordinates(records: Sequence[Mapping]) -> tuple[list[float | None], str]:
     return xs, "epoch"
 
 
-def phase_ends(records: Sequence[Mapping], xs: Sequence[float | None]) -> list[tuple[float, object]]:
+def phase_ends(
+    records: Sequence[Mapping], xs: Sequence[float | None]
+) -> list[tuple[float, object]]:
     """``(x, next_phase)`` at the end of every phase but the last one.
 
     A phase ends at the largest x of the records carrying its number (see the module
@@ -72,7 +75,7 @@ def phase_ends(records: Sequence[Mapping], xs: Sequence[float | None]) -> list[t
         lo, hi, _ = spans.get(repr(phase), (x, x, phase))
         spans[repr(phase)] = (min(lo, x), max(hi, x), phase)
     ordered = sorted(spans.values(), key=lambda span: span[0])
-    return [(hi, nxt[2]) for (_, hi, _), nxt in zip(ordered, ordered[1:], strict=False)]
+    return [(hi, nxt[2]) for (_, hi, _), nxt in itertools.pairwise(ordered)]
 
 
 def _first_phase(records, xs):

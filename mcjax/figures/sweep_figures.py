@@ -118,7 +118,14 @@ def plot_mean_active_branches(
             label=f"{label} (n={counts.shape[0]})",
         )
     caps = np.broadcast_to(np.asarray(cardinality), (n_modules,))
-    ax.step(np.arange(1, n_modules + 1), caps, where="mid", color="0.5", linestyle=":", label="C")
+    ax.step(
+        np.arange(1, n_modules + 1),
+        caps,
+        where="mid",
+        color="0.5",
+        linestyle=":",
+        label="C (all blocks)",
+    )
     ax.set_ylim(0, caps.max() * 1.08)
     ax.set_xlim(0.5, n_modules + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_modules, 20)))

@@ -93,20 +93,21 @@ def plan(sweep: Sweep) -> list[Run]:
     Raises:
       SweepError: every problem found, one sentence each.
     """
-    base = load_config(sweep.config, sweep.overrides)
+    base = load_config(sweep.config, {})
     fields = list(dict.fromkeys(f for axis in sweep.axes for point in axis for f in point))
     problems = [
-        f"{'--grid' if field in fields else '--config.'}{field}: the field 'seed' is set by --seeds"
-        for field in [*fields, *sweep.overrides]
+        f"{'--grid seed=...' if field in fields else '--config.seed'}: seeds are set by --seeds"
+        for field in dict.fromkeys([*fields, *sweep.overrides])
         if field == "seed"
     ]
     problems += [
-        f"--grid {field}=...: {why}"
-        for field in fields
+        f"{'--grid ' + field + '=...' if field in fields else '--config.' + field}: {why}"
+        for field in dict.fromkeys([*fields, *sweep.overrides])
         if field != "seed" and (why := missing_field(base, field))
     ]
     if problems:
         raise SweepError(problems)
+    load_config(sweep.config, sweep.overrides)  # the values parse
     try:
         points = grid.expand(sweep.axes)
     except ValueError as error:
