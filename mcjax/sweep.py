@@ -26,6 +26,7 @@ failed otherwise (the other runs still ran).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -42,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="--config.FIELD=VALUE (any number) overrides FIELD in every run.",
     )
     parser.add_argument("--config", help="config file (default: the preset's, else digits)")
-    parser.add_argument("--workdir", required=True, help="the sweep's directory")
+    parser.add_argument(
+        "--workdir", help="the sweep's directory (default: runs/EXPERIMENT, else runs/sweep)"
+    )
     parser.add_argument("--seeds", type=int, help="runs per grid point, seeds 0..N-1")
     parser.add_argument(
         "--grid", action="append", default=[], metavar="FIELD=V1,V2", help="a grid axis"
@@ -103,7 +106,7 @@ def _sweep(args, overrides: dict[str, str]) -> tuple[plan.Sweep, list[str]]:
     if seeds < 1:
         raise SweepError(f"--seeds must be at least 1, got {seeds}")
     sweep = plan.Sweep(
-        workdir=args.workdir,
+        workdir=args.workdir or os.path.join("runs", "+".join(names) or "sweep"),
         config=config or str(presets.CONFIGS / "digits.py"),
         overrides=overrides,
         axes=[*preset_axes, *(grid.field_axis(f, v) for f, v in axes.items())],
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         rest, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
         args = _parser().parse_args(rest)
         if args.report:
+            if args.workdir is None:
+                raise SweepError("--report needs --workdir")
             sweep, runs = plan.read(args.workdir)
             print(report.report(sweep, runs, _notes(sweep)), end="")
             return 0
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(slurm.submit(path, shlex.split(args.sbatch_args)))
         else:
             print(f"submit it with: sbatch {path}")
-        print(f"afterwards: python -m mcjax.sweep --workdir {args.workdir} --report")
+        print(f"afterwards: python -m mcjax.sweep --workdir {sweep.workdir} --report")
         return 0
     status = local.run_all(sweep, runs)
     table = report.report(sweep, runs, notes)

@@ -157,7 +157,7 @@ def run_all(
             if status == preemption.EXIT_BAD_INPUT:
                 return status
             failed.append(status)
-    if forward.stopping:
+    if forward.stopping and any(run.status() != "finished" for run in runs):
         out(f"sweep stopped ({forward.stopping}); run the same command again to resume")
         return preemption.EXIT_PREEMPTED
     if failed:
