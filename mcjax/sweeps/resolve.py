@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Mapping
 
 import ml_collections
@@ -49,7 +50,10 @@ def load_config(path: str, overrides: Mapping[str, str]) -> ml_collections.Confi
         "config", None, flag_values=values, lock_config=True, sys_argv=argv
     )
     try:
-        values(argv)
+        with warnings.catch_warnings():
+            # ml_collections loads config files with importlib's deprecated load_module().
+            warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+            values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
         text = " ".join(str(error).split())
         raise SweepError(f"config {path} with {_flags(overrides)}: {text}") from None
