@@ -6,11 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from mcjax.figures import plots
+from mcjax import prune
+from mcjax.figures import branches, connectivity, curves, sweep_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-LIVE_RGB = (0x4C, 0xAF, 0x50)  # plots._LIVE_FACE
-DEAD_RGB = (0xE6, 0xE6, 0xE6)  # plots._DEAD_FACE
+LIVE_RGB = (0x4C, 0xAF, 0x50)  # mcjax.figures._common.LIVE_FACE
+DEAD_RGB = (0xE6, 0xE6, 0xE6)  # mcjax.figures._common.DEAD_FACE
 
 
 def _read_png(path) -> np.ndarray:
@@ -35,7 +36,7 @@ def _has_color(pixels: np.ndarray, rgb, min_pixels: int = 200) -> bool:
 
 
 def _live(binary):
-    return plots._live_from_binary([np.asarray(m) != 0 for m in binary])
+    return prune.live_blocks(binary)
 
 
 def _random_top_k(c, n_modules, k, seed=0):
@@ -60,7 +61,7 @@ SMALL_LIVE = [
 ]
 
 
-def test_live_from_binary_matches_the_hand_made_example():
+def test_live_blocks_of_the_hand_made_example():
     live = _live([M2, M3])
     for got, want in zip(live, SMALL_LIVE, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -68,7 +69,7 @@ def test_live_from_binary_matches_the_hand_made_example():
 
 def test_connectivity_small_with_pruned_blocks(tmp_path):
     path = tmp_path / "small.png"
-    plots.plot_connectivity([M2, M3], SMALL_LIVE, path, title="hand-made", fan_in=1)
+    connectivity.plot_connectivity([M2, M3], SMALL_LIVE, path, title="hand-made", fan_in=1)
     pixels = _read_png(path)
     if pixels is not None:
         assert _has_color(pixels, LIVE_RGB)
@@ -78,7 +79,7 @@ def test_connectivity_small_with_pruned_blocks(tmp_path):
 def test_connectivity_live_defaults_to_the_live_blocks_of_binary(tmp_path):
     # Lists of lists work too; the parent folder is created.
     path = tmp_path / "sub" / "dir" / "small.png"
-    plots.plot_connectivity([M2.tolist(), M3.tolist()], None, str(path))
+    connectivity.plot_connectivity([M2.tolist(), M3.tolist()], None, str(path))
     _read_png(path)
 
 
@@ -87,7 +88,7 @@ def test_connectivity_large(tmp_path):
     live = _live(binary)
     assert not all(v.all() for v in live)  # some pruned blocks to draw
     path = tmp_path / "large.png"
-    plots.plot_connectivity(binary, live, path, fan_in=2)
+    connectivity.plot_connectivity(binary, live, path, fan_in=2)
     pixels = _read_png(path)
     if pixels is not None:
         assert _has_color(pixels, LIVE_RGB)
@@ -96,7 +97,7 @@ def test_connectivity_large(tmp_path):
 
 def test_connectivity_full_resnext(tmp_path):
     path = tmp_path / "full.png"
-    plots.plot_connectivity(None, [np.ones(8, bool)] * 5, path)
+    connectivity.plot_connectivity(None, [np.ones(8, bool)] * 5, path)
     pixels = _read_png(path)
     if pixels is not None:
         assert _has_color(pixels, LIVE_RGB)
@@ -107,7 +108,7 @@ def test_connectivity_of_modules_of_different_cardinality(tmp_path):
     rng = np.random.default_rng(1)
     sizes = [3, 5, 8, 2]
     binary = [(rng.random((b, a)) < 0.4).astype(int) for a, b in itertools.pairwise(sizes)]
-    plots.plot_connectivity(binary, None, tmp_path / "var.png")
+    connectivity.plot_connectivity(binary, None, tmp_path / "var.png")
     _read_png(tmp_path / "var.png")
 
 
@@ -126,20 +127,20 @@ def test_connectivity_of_modules_of_different_cardinality(tmp_path):
 )
 def test_connectivity_rejects_inconsistent_shapes(tmp_path, binary, live, match):
     with pytest.raises(ValueError, match=match):
-        plots.plot_connectivity(binary, live, tmp_path / "bad.png")
+        connectivity.plot_connectivity(binary, live, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
 
 
 def test_active_branches_single_and_overlaid(tmp_path):
     k1 = _live(_random_top_k(8, 9, 1, seed=2))
     k4 = _live(_random_top_k(8, 9, 4, seed=3))
-    plots.plot_active_branches(k1, tmp_path / "one.png", labels="K=1")
-    plots.plot_active_branches({"K=1": k1, "K=4": k4}, tmp_path / "two.png", title="CIFAR-100")
-    plots.plot_active_branches(
+    branches.plot_active_branches(k1, tmp_path / "one.png", labels="K=1")
+    branches.plot_active_branches({"K=1": k1, "K=4": k4}, tmp_path / "two.png", title="CIFAR-100")
+    branches.plot_active_branches(
         {"a": k1, "b": k4}, tmp_path / "renamed.png", labels=["fan-in 1", "fan-in 4"]
     )
     big = _live(_random_top_k(32, 16, 16, seed=4))
-    plots.plot_active_branches(big, tmp_path / "big.png")
+    branches.plot_active_branches(big, tmp_path / "big.png")
     for name in ("one", "two", "renamed", "big"):
         _read_png(tmp_path / f"{name}.png")
 
@@ -156,13 +157,15 @@ def test_active_branches_single_and_overlaid(tmp_path):
 )
 def test_active_branches_rejects_bad_input(tmp_path, live, labels):
     with pytest.raises(ValueError):
-        plots.plot_active_branches(live, tmp_path / "bad.png", labels=labels)
+        branches.plot_active_branches(live, tmp_path / "bad.png", labels=labels)
 
 
 def _records(with_eval=True):
+    """As the training loop logs: a record at step N carries the phase and rates of step
+    N - 1, and each phase's last step (epochs 6 and 8 here) has a record."""
     recs, step = [], 0
     for phase, (e0, e1) in enumerate([(0.0, 6.0), (6.0, 8.0)], start=1):
-        for epoch in np.arange(e0, e1, 0.5):
+        for epoch in np.arange(e0, e1, 0.5) + 0.5:
             step += 50
             r = {
                 "step": step,
@@ -170,7 +173,7 @@ def _records(with_eval=True):
                 "phase": phase,
                 "train/loss": 3.0 / (1 + epoch),
                 "train/accuracy": epoch / 10,
-                "lr/weights": 0.1,
+                "lr/weights": 0.1 / phase,
             }
             if phase == 1:
                 r.update({"lr/masks": 0.2, "masks/entropy": 2.0 / (1 + epoch), "masks/changed": 3})
@@ -186,12 +189,12 @@ def _records(with_eval=True):
 
 
 def test_learning_curves(tmp_path):
-    plots.plot_learning_curves(_records(), tmp_path / "lc.png", title="run")
+    curves.plot_learning_curves(_records(), tmp_path / "lc.png", title="run")
     _read_png(tmp_path / "lc.png")
 
 
 def test_learning_curves_without_eval_or_with_sparse_records(tmp_path):
-    plots.plot_learning_curves(_records(with_eval=False), tmp_path / "train_only.png")
+    curves.plot_learning_curves(_records(with_eval=False), tmp_path / "train_only.png")
     sparse = [
         {"step": 10, "train/loss": 2.0},  # no epoch: estimated from the step
         {"step": 20, "epoch": 0.2, "train/loss": 1.5, "phase": 1},
@@ -199,23 +202,57 @@ def test_learning_curves_without_eval_or_with_sparse_records(tmp_path):
         {"step": 40},
         {"epoch": 0.5, "train/loss": float("nan")},
     ]
-    plots.plot_learning_curves(sparse, tmp_path / "sparse.png")
-    plots.plot_learning_curves([{"step": 1, "train/loss": 1.0}], tmp_path / "step_only.png")
-    plots.plot_learning_curves([], tmp_path / "empty.png")
+    curves.plot_learning_curves(sparse, tmp_path / "sparse.png")
+    curves.plot_learning_curves([{"step": 1, "train/loss": 1.0}], tmp_path / "step_only.png")
+    curves.plot_learning_curves([], tmp_path / "empty.png")
     for name in ("train_only", "sparse", "step_only", "empty"):
         _read_png(tmp_path / f"{name}.png")
 
 
-def test_phase_boundaries_sit_between_phases():
+def test_phase_boundary_is_where_the_phase_ends():
     recs = _records()
-    xs, label = plots._x_of(recs)
+    xs, label = curves.x_coordinates(recs)
     assert label == "epoch"
-    (x, phase), *rest = plots._phase_boundaries(recs, xs)
-    assert not rest and phase == 2 and 5.5 < x < 6.0
+    assert curves.phase_ends(recs, xs) == [(6.0, 2)]
+
+
+def test_learning_curves_draw_phase_ends_and_rates_as_steps():
+    fig = curves.learning_curves_figure(_records())
+    panels = [ax for ax in fig.axes if ax.get_title()]  # not the right-hand twin axis
+    assert len(panels) == 4
+    for ax in panels:
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert [tuple(line.get_xdata()) for line in dashed] == [(6.0, 6.0)], ax.get_title()
+    (lr_ax,) = [ax for ax in fig.axes if ax.get_title() == "learning rate"]
+    weights = next(line for line in lr_ax.get_lines() if line.get_label() == "lr (weights)")
+    assert weights.get_drawstyle() == "steps-pre"
+    x, y = weights.get_xdata(), weights.get_ydata()
+    assert x[0] == 0.0  # from the start of training
+    # 0.1 up to and including epoch 6 (the last step of phase 1), then 0.05.
+    np.testing.assert_array_equal(y[x <= 6.0], 0.1)
+    np.testing.assert_array_equal(y[x > 6.0], 0.05)
 
 
 def test_no_pyplot_figures_left_open(tmp_path):
-    plots.plot_connectivity([M2, M3], SMALL_LIVE, tmp_path / "a.png")
-    plots.plot_learning_curves(_records(), tmp_path / "b.png")
+    connectivity.plot_connectivity([M2, M3], SMALL_LIVE, tmp_path / "a.png")
+    curves.plot_learning_curves(_records(), tmp_path / "b.png")
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_sweep_figures(tmp_path):
+    series = {"learned": {1: [0.5, 0.6], 2: [0.7, 0.74], 4: [0.8]}}
+    sweep_figures.plot_accuracy_vs_fan_in(
+        series, tmp_path / "k.png", reference={"Fixed-Full": [0.71, 0.73]}
+    )
+    sweep_figures.plot_mean_active_branches(
+        {"K=1": [[2, 3, 4], [1, 3, 4]], "K=4": [[4, 4, 4]]}, tmp_path / "b.png", cardinality=4
+    )
+    runs = [("learned", _records()), ("learned", _records()), ("full", _records(False))]
+    sweep_figures.plot_sweep_learning_curves(runs, tmp_path / "c.png")
+    for name in ("k", "b", "c"):
+        _read_png(tmp_path / f"{name}.png")
+    with pytest.raises(ValueError):
+        sweep_figures.plot_accuracy_vs_fan_in({}, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="K=1"):
+        sweep_figures.plot_mean_active_branches({"K=1": []}, tmp_path / "x.png", cardinality=4)

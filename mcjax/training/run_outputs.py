@@ -1,7 +1,7 @@
 """What a finished run leaves in its workdir, and the state digest that compares runs.
 
 ``connectivity.json``, the pruned model (:mod:`mcjax.export`), the figures
-(:mod:`mcjax.figures.plots`) and ``summary.json``; :func:`format_summary` for the console.
+(:mod:`mcjax.figures`) and ``summary.json``; :func:`format_summary` for the console.
 """
 
 from __future__ import annotations
@@ -123,14 +123,14 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
 
 def _figures(workdir, net, conn, live):
     try:
-        from mcjax.figures import plots
+        from mcjax import figures
     except ImportError as error:  # pragma: no cover - matplotlib is a dependency
         logging.warning("no figures: %s", error)
         return
     binary = None if conn is None else [np.asarray(m) for m in conn]
     fan_in = None if net.connectivity == "full" else net.fan_in
     # plot_connectivity adds "(K = ...)" to its title itself.
-    plots.plot_connectivity(
+    figures.plot_connectivity(
         binary,
         live,
         os.path.join(workdir, "connectivity.png"),
@@ -138,9 +138,9 @@ def _figures(workdir, net, conn, live):
         fan_in=fan_in,
     )
     title = f"{net.arch.name} {net.connectivity}" + ("" if fan_in is None else f" K={fan_in}")
-    plots.plot_active_branches(live, os.path.join(workdir, "active_branches.png"), title=title)
+    figures.plot_active_branches(live, os.path.join(workdir, "active_branches.png"), title=title)
     records = read_records(os.path.join(workdir, "metrics.jsonl"))
-    plots.plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"), title=title)
+    figures.plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"), title=title)
 
 
 def format_summary(summary: dict) -> str:

@@ -1,0 +1,165 @@
+"""Runs a sweep's runs one after another on this machine, each as ``python -m mcjax.main``.
+
+Each run is its own process, so it has the program's behaviour and exit statuses
+(:mod:`mcjax.training.preemption`), its own memory and devices, and a crash or a
+diverged run does not take the sweep down. The sweep survives preemption like a run:
+
+* The first SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) is passed to the
+  running run as SIGTERM: it saves a checkpoint at its step and exits 75; the sweep then
+  exits 75 too. A second SIGINT is passed on as SIGINT, which aborts the run at once.
+* Each run is started in its own session (so a terminal's Ctrl-C reaches it once,
+  through the sweep) and, on Linux, asks to get SIGTERM should the sweep die (the
+  kernel's parent-death signal): killing the sweep stops its run cleanly too.
+* Running the same command again skips finished runs (``summary.json``) and resumes the
+  interrupted one from its checkpoint.
+
+A run's output goes to ``RUN/train.log``; the sweep prints one line per run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from mcjax.sweeps.plan import Run, Sweep
+from mcjax.training import preemption
+
+_PR_SET_PDEATHSIG = 1
+
+
+def main_command(args: Sequence[str]) -> list[str]:
+    """``python -m mcjax.main ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "mcjax.main", *args]
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that gives the child SIGTERM when ``parent`` dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec():
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Forward:
+    """While active: the first SIGTERM/SIGINT sets ``stopping`` and sends SIGTERM to the
+    child; a second SIGINT sends it SIGINT."""
+
+    def __init__(self):
+        self.stopping: str | None = None
+        self.child: subprocess.Popen | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        first = self.stopping is None
+        if first:
+            self.stopping = signal.Signals(signum).name
+        send = signal.SIGTERM if first else signal.SIGINT if signum == signal.SIGINT else None
+        if send is not None and self.child is not None and self.child.poll() is None:
+            self.child.send_signal(send)
+
+    def __enter__(self) -> _Forward:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _last_error(log_path: str) -> str:
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f.readlines()[-200:] if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith(("error:", "preempted:"))]
+    return (errors or lines or [""])[-1]
+
+
+def _outcome(run: Run) -> str:
+    with open(os.path.join(run.workdir, "summary.json")) as f:
+        summary = json.load(f)
+    return (
+        f"test accuracy {100 * summary['test_accuracy']:.2f}%, "
+        f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s"
+    )
+
+
+def run_all(
+    sweep: Sweep,
+    runs: Sequence[Run],
+    *,
+    command: Callable[[Sequence[str]], list[str]] = main_command,
+    out=print,
+) -> int:
+    """Runs every run that has not finished, in order; returns the sweep's exit status.
+
+    0: every run finished. 75: stopped by a signal, or a run was preempted (run the same
+    command again to resume). 2: a run reported bad config or data (the sweep stops;
+    the others would fail alike). 3: some run stopped on a non-finite loss, 1: some run
+    failed otherwise (the sweep goes on with the other runs, then returns the status).
+
+    Args:
+      sweep, runs: from :func:`mcjax.sweeps.plan.plan`.
+      command: turns ``mcjax.main`` arguments into the process to start.
+      out: where the progress lines go.
+    """
+    todo = [run for run in runs if run.status() != "finished"]
+    out(
+        f"sweep {sweep.workdir}: {len(runs)} runs, {len(runs) - len(todo)} finished, "
+        f"{len(todo)} to run"
+    )
+    failed: list[int] = []
+    with _Forward() as forward:
+        for index, run in enumerate(todo, start=1):
+            if forward.stopping:
+                break
+            os.makedirs(run.workdir, exist_ok=True)
+            log_path = os.path.join(run.workdir, "train.log")
+            verb = "resuming" if run.status() == "interrupted" else "training"
+            out(f"[{index}/{len(todo)}] {run.name}: {verb} (log: {log_path})")
+            with open(log_path, "a") as log:
+                forward.child = subprocess.Popen(
+                    command(run.main_args(sweep)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,
+                    preexec_fn=_stop_with_parent(os.getpid()),
+                )
+                if forward.stopping:  # the signal came while the run was starting
+                    forward.child.send_signal(signal.SIGTERM)
+                status = forward.child.wait()
+                forward.child = None
+            if status == 0:
+                out(f"  done: {_outcome(run)}")
+                continue
+            detail = _last_error(log_path)
+            if status == preemption.EXIT_PREEMPTED:
+                out(f"  stopped (exit 75): {detail}")
+                forward.stopping = forward.stopping or "preemption of the run"
+                break
+            out(f"  failed (exit {status}): {detail}")
+            if status == preemption.EXIT_BAD_INPUT:
+                return status
+            failed.append(status)
+    if forward.stopping and any(run.status() != "finished" for run in runs):
+        out(f"sweep stopped ({forward.stopping}); run the same command again to resume")
+        return preemption.EXIT_PREEMPTED
+    if failed:
+        return preemption.EXIT_NON_FINITE if preemption.EXIT_NON_FINITE in failed else 1
+    return 0
