@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     # modes it makes every block of a module start identical, which starves connectivity
     # learning (digits, learned K=4: 94.4% with it, 97.8% without).
     config.model.zero_init_residual = "auto"  # auto | True | False
+    # "full" only: one BN per branch after its last 1x1 conv, so that "full" has the masked
+    # modes' parameters (the paper's Params-Train) instead of ResNeXt's one BN after the sum.
+    config.model.full_per_branch_bn = False
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     config.data = ml_collections.ConfigDict()

@@ -36,4 +36,5 @@ def network(config) -> Network:
         mask_init=float(model.mask_init),
         dtype=DTYPES[model.dtype],
         zero_init_residual=_zero_init_residual(model),
+        full_per_branch_bn=bool(model.get("full_per_branch_bn", False)),
     )

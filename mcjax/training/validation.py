@@ -244,6 +244,8 @@ class _Checker:
                 "'auto' (on for connectivity 'full' only), True or False",
             )
 
+        self.boolean("model.full_per_branch_bn")
+
         fan_in = self.present("model.fan_in", "an int K with 1 <= K <= C")
         if fan_in is not _MISSING:
             if not _is_int(fan_in):
