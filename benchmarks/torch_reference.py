@@ -1,7 +1,7 @@
 r"""A PyTorch implementation of the ``full`` networks, timed like the JAX benchmarks.
 
 The network is the one ``mcjax.models.Network(get_architecture(arch), num_classes,
-connectivity="full")`` computes (DESIGN §1): stem -> modules -> global average pool -> dense,
+connectivity="full")`` computes (docs/design.md §2): stem -> modules -> global mean pool -> dense,
 where every module is ``y = ReLU(S(x) + sum_j F_j(x))`` over its C bottleneck blocks, each block
 with its own BN after each of its three convolutions, and one shortcut per module. It has the
 same parameters, counted the same way, so the two frameworks can be compared on one machine::
@@ -179,7 +179,7 @@ class FullModule(nn.Module):
             nn.init.zeros_(self.bn3.weight)
         self.shortcut: nn.Module = nn.Identity()
         if spec.has_projection:
-            # One projection per module, shared by its C blocks (DESIGN §1).
+            # One projection per module, shared by its C blocks (docs/design.md §1).
             conv = nn.Conv2d(c_in, c_out, 1, stride=spec.stride, bias=False)
             _he_normal_(conv.weight, c_out)
             self.shortcut = nn.Sequential(conv, _bn(c_out))

@@ -1,6 +1,6 @@
 """Bottleneck blocks and multi-branch modules, as pure functions.
 
-A module holds ``C`` bottleneck blocks (DESIGN §1)::
+A module holds ``C`` bottleneck blocks (docs/design.md §1)::
 
     F(x; theta_j) = BN(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1(x))))))))
 

@@ -1,4 +1,4 @@
-"""Whole networks: ``stem -> L multi-branch modules -> head`` (DESIGN §1).
+"""Whole networks: ``stem -> L multi-branch modules -> head`` (docs/design.md §1).
 
 A :class:`Network` is a static, hashable description (architecture, classes,
 connectivity mode, fan-in, aggregation, branch formulation, compute dtype).
@@ -69,7 +69,7 @@ class Network:
         head then averages the last module's outputs instead of summing them).
         ``full`` has one stream and ignores it.
       branch_impl: formulation of the C branches, see :data:`mcjax.blocks.BRANCH_IMPLS`.
-      mask_init: initial value of every real-valued mask entry (DESIGN §2).
+      mask_init: initial value of every real-valued mask entry (docs/design.md §3).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       zero_init_residual: start each block's last BN scale at 0 (see
         :func:`mcjax.blocks.init_module`); affects :func:`init` only. Off by
@@ -194,7 +194,7 @@ def forward_connectivity(
     key: Array | None = None,
     fixed: Array | Sequence[Array] | None = None,
 ) -> Array | Sequence[Array] | None:
-    """The masks one forward pass uses, by mode (paper Alg. 1 / DESIGN §2).
+    """The masks one forward pass uses, by mode (paper Alg. 1 / docs/design.md §2).
 
     * ``full``: ``None``.
     * ``learned``: ``fixed`` (the frozen top-K, phases 2-4) when given, else a

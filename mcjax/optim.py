@@ -1,6 +1,6 @@
 """The MaskConnect optimizer: weights and masks in one ``optax.multi_transform``.
 
-Paper appendix E and DESIGN §2:
+Paper appendix E and docs/design.md §5:
 
 * **weights** (every parameter but the masks): SGD with momentum 0.9 and weight
   decay, the decay added to the gradient before momentum (the ResNeXt reference;

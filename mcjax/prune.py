@@ -1,4 +1,4 @@
-"""Removing the blocks nobody reads (paper Sec. 2.1, "superfluous blocks"; DESIGN §4).
+"""Removing the blocks nobody reads (paper Sec. 2.1, "superfluous blocks"; docs/design.md §8).
 
 With a frozen connectivity, every block of the last module is live (the head
 reads them all), and a block of module ``i-1`` is live when some *live* block of

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcjax.data import augment
+from mcjax.data import augment, batch_order
 
 
 def _images(n: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -140,35 +140,36 @@ def test_eval_views_subtract_the_mean():
 
 
 def test_epoch_permutation_is_a_pure_permutation():
-    a = augment.epoch_permutation(0, 3, 100)
-    np.testing.assert_array_equal(a, augment.epoch_permutation(0, 3, 100))
+    a = batch_order.epoch_permutation(0, 3, 100)
+    np.testing.assert_array_equal(a, batch_order.epoch_permutation(0, 3, 100))
     np.testing.assert_array_equal(np.sort(a), np.arange(100))
-    assert not np.array_equal(a, augment.epoch_permutation(0, 4, 100))
-    assert not np.array_equal(a, augment.epoch_permutation(1, 3, 100))
+    assert not np.array_equal(a, batch_order.epoch_permutation(0, 4, 100))
+    assert not np.array_equal(a, batch_order.epoch_permutation(1, 3, 100))
     a[0] = -1  # the caller's copy: the cache is not touched
-    assert augment.epoch_permutation(0, 3, 100)[0] != -1
+    assert batch_order.epoch_permutation(0, 3, 100)[0] != -1
 
 
 def test_train_batch_indices_walk_epochs_without_repeats():
     n, batch = 103, 10  # 10 steps per epoch, 3 examples dropped each epoch
-    epoch0 = np.concatenate([augment.train_batch_indices(7, s, n, batch) for s in range(10)])
+    epoch0 = np.concatenate([batch_order.train_batch_indices(7, s, n, batch) for s in range(10)])
     assert len(np.unique(epoch0)) == 100 and epoch0.min() >= 0 and epoch0.max() < n
-    np.testing.assert_array_equal(epoch0, augment.epoch_permutation(7, 0, n)[:100])
+    np.testing.assert_array_equal(epoch0, batch_order.epoch_permutation(7, 0, n)[:100])
     # Step 10 starts epoch 1; asking out of order gives the same batch.
     np.testing.assert_array_equal(
-        augment.train_batch_indices(7, 10, n, batch), augment.epoch_permutation(7, 1, n)[:10]
+        batch_order.train_batch_indices(7, 10, n, batch),
+        batch_order.epoch_permutation(7, 1, n)[:10],
     )
-    later = augment.train_batch_indices(7, 25, n, batch)
-    augment.train_batch_indices(7, 3, n, batch)
-    np.testing.assert_array_equal(later, augment.train_batch_indices(7, 25, n, batch))
+    later = batch_order.train_batch_indices(7, 25, n, batch)
+    batch_order.train_batch_indices(7, 3, n, batch)
+    np.testing.assert_array_equal(later, batch_order.train_batch_indices(7, 25, n, batch))
     with pytest.raises(ValueError):
-        augment.train_batch_indices(7, 0, n, n + 1)
+        batch_order.train_batch_indices(7, 0, n, n + 1)
 
 
 @pytest.mark.parametrize(("n", "batch"), [(10, 4), (12, 4), (3, 8), (0, 4)])
 def test_eval_batches_count_every_example_once(n, batch):
     counts = np.zeros(max(n, 1), int)
-    batches = list(augment.eval_batches(n, batch))
+    batches = list(batch_order.eval_batches(n, batch))
     assert len(batches) == -(-n // batch)
     for indices, valid in batches:
         assert indices.shape == valid.shape == (batch,)
@@ -183,11 +184,11 @@ def test_rows_of_a_global_batch_do_not_depend_on_who_loads_them():
     """Each process loads its rows of every batch (multi-host); the rows must be the ones
     of the whole batch, augmentation included, and so must the evaluation rows."""
     from configs import digits
-    from mcjax import input_pipeline
+    from mcjax.training import from_config
 
     config = digits.get_config()
     config.batch_size, config.eval_batch_size = 16, 12
-    data = input_pipeline.make_input(config, key=jax.random.key(5))
+    data = from_config.data_input(config, key=jax.random.key(5))
     for step in (0, 7):
         images, labels = data.train_batch(step)
         for rows in (slice(0, 4), slice(4, 12), slice(12, 16)):

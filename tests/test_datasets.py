@@ -4,7 +4,6 @@ import os
 import time
 
 import fake_data
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,13 +72,10 @@ def test_load_tfds_cifar_reads_array_record_without_tensorflow(tmp_path):
 
 def test_load_dispatch_checks_num_classes(tmp_path):
     fake_data.prepare_cifar(tmp_path, num_train=3, num_test=2)
-    config = ml_collections.ConfigDict(
-        {"name": "cifar100", "data_dir": str(tmp_path), "num_classes": 100}
-    )
-    assert sources.load(config).train_images.shape == (3, 32, 32, 3)
-    config.num_classes = 10
-    with pytest.raises(DataError, match="num_classes=100"):
-        sources.load(config)
+    loaded = sources.load("cifar100", data_dir=str(tmp_path), num_classes=100)
+    assert loaded.train_images.shape == (3, 32, 32, 3)
+    with pytest.raises(DataError, match="num_classes=10 but cifar100 has 100"):
+        sources.load("cifar100", data_dir=str(tmp_path), num_classes=10)
 
 
 def test_missing_cifar_raises_quickly_with_instructions(tmp_path):
@@ -107,11 +103,11 @@ def test_cifar_prepared_as_tfrecord_is_refused_with_instructions(tmp_path):
 
 def test_unknown_names_raise_data_error():
     with pytest.raises(DataError, match="unknown data set"):
-        sources.load(ml_collections.ConfigDict({"name": "mnist", "data_dir": ""}))
+        sources.load("mnist")
     with pytest.raises(DataError, match="unknown CIFAR"):
         sources.load_tfds_cifar("cifar1000", data_dir=None)
     with pytest.raises(DataError, match="streamed"):
-        sources.load(ml_collections.ConfigDict({"name": "imagenet", "data_dir": ""}))
+        sources.load("imagenet")
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -155,17 +151,14 @@ def test_image_folder_reads_grey_and_jpeg_and_dispatch(tmp_path):
     _make_folder(tmp_path, num_classes=2, per_class=3)
     Image.new("L", (20, 20), 128).save(tmp_path / "n000" / "img_00.png")  # grey -> RGB
     Image.new("RGB", (9, 9), (50, 60, 70)).save(tmp_path / "n001" / "img_00.jpg")
-    config = ml_collections.ConfigDict(
-        {
-            "name": "mini_imagenet",
-            "data_dir": str(tmp_path),
-            "num_classes": 2,
-            "folder_image_size": 6,
-            "train_per_class": 2,
-            "test_per_class": 1,
-        }
+    data = sources.load(
+        "mini_imagenet",
+        data_dir=str(tmp_path),
+        num_classes=2,
+        folder_image_size=6,
+        train_per_class=2,
+        test_per_class=1,
     )
-    data = sources.load(config)
     assert data.train_images.shape == (4, 6, 6, 3)
     assert (data.train_images[0] == 128).all()
     # img_00.jpg sorts before img_00.png.
@@ -203,4 +196,34 @@ def test_image_folder_missing_root(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         sources.load_image_folder(str(tmp_path / "absent"))
     with pytest.raises(DataError, match=r"needs `--config\.data\.data_dir="):
-        sources.load(ml_collections.ConfigDict({"name": "mini_imagenet", "data_dir": ""}))
+        sources.load("mini_imagenet", data_dir="")
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_every_dataset_entry_has_its_loader_and_views():
+    """A table entry is all a new data set needs besides its own code: every view it
+    names must exist in the input code, and every in-memory entry must have a loader."""
+    from mcjax.data import in_memory, registry
+
+    for spec in registry.DATASETS.values():
+        if spec.streamed:
+            assert spec.load is None
+            continue
+        assert callable(spec.load), spec.name
+        assert spec.train_view in in_memory._TRAIN_VIEWS, spec.name
+        assert spec.eval_view in in_memory._EVAL_VIEWS, spec.name
+        assert spec.crops or spec.stored_size is not None, spec.name
+
+
+def test_registry_image_size_rules():
+    from mcjax.data import registry
+
+    assert registry.get("cifar10").image_size_problem(32) is None
+    assert "32 for cifar10" in registry.get("cifar10").image_size_problem(28)
+    assert registry.get("mini_imagenet").image_size_problem(64) is None
+    assert "at most 84" in registry.get("mini_imagenet").image_size_problem(96)
+    assert registry.get("imagenet").image_size_problem(320) is None
+    with pytest.raises(ValueError, match="unknown data set 'mnist'; choose one of digits"):
+        registry.get("mnist")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcjax.data import augment, streaming
+from mcjax.data import batch_order, streaming
 from mcjax.data.sources import DataError
 
 NUM_TRAIN, NUM_VALIDATION = 12, 5
@@ -54,7 +54,7 @@ def _denormalize(images: np.ndarray) -> np.ndarray:
 def test_train_batch_shape_dtype_and_labels(data_dir):
     with streaming.ImageNetInput(data_dir, seed=0, image_size=32, num_workers=2) as source:
         assert (source.num_train, source.num_test, source.num_classes) == (12, 5, 1000)
-        indices = augment.train_batch_indices(0, 0, source.num_train, 4)
+        indices = batch_order.train_batch_indices(0, 0, source.num_train, 4)
         images, labels = source.train_batch(0, indices)
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.float32
     assert labels.shape == (4,) and labels.dtype == np.int32
@@ -86,12 +86,14 @@ def test_train_batch_is_a_pure_function_of_seed_step_and_position(data_dir):
 
 def test_prefetched_batches_equal_direct_ones(data_dir):
     with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
-        stream = ahead.train_batches(start_step=5, batch_size=4)
-        prefetched = [next(stream) for _ in range(4)]
+        prefetched = []
+        for step in range(5, 9):  # the training loop's order
+            indices = batch_order.train_batch_indices(2, step, ahead.num_train, 4)
+            prefetched.append((step, *ahead.train_batch(step, indices)))
         assert set(ahead._pending) == {9, 10}  # decoding ahead of the consumer
     with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=0) as direct:
         for step, images, labels in prefetched:
-            indices = augment.train_batch_indices(2, step, direct.num_train, 4)
+            indices = batch_order.train_batch_indices(2, step, direct.num_train, 4)
             expected_images, expected_labels = direct.train_batch(step, indices)
             np.testing.assert_array_equal(images, expected_images)
             np.testing.assert_array_equal(labels, expected_labels)
@@ -100,7 +102,7 @@ def test_prefetched_batches_equal_direct_ones(data_dir):
 
 def test_prefetch_is_not_used_for_other_indices(data_dir):
     with streaming.ImageNetInput(data_dir, seed=2, image_size=16, prefetch=2) as ahead:
-        ahead.train_batch(0, augment.train_batch_indices(2, 0, ahead.num_train, 4))
+        ahead.train_batch(0, batch_order.train_batch_indices(2, 0, ahead.num_train, 4))
         assert set(ahead._pending) == {1, 2}
         unplanned = np.array([0, 1, 2, 3])
         images, labels = ahead.train_batch(1, unplanned)
@@ -111,7 +113,7 @@ def test_prefetch_is_not_used_for_other_indices(data_dir):
 
 
 def test_prefetch_of_one_hosts_slice(data_dir):
-    plan = [augment.train_batch_indices(3, step, NUM_TRAIN, 8) for step in range(3)]
+    plan = [batch_order.train_batch_indices(3, step, NUM_TRAIN, 8) for step in range(3)]
     host = np.arange(4, 8)  # the second of two hosts
     with streaming.ImageNetInput(
         data_dir, seed=3, image_size=16, prefetch=1, global_batch_size=8

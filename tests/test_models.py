@@ -1,6 +1,6 @@
 """Whole networks against hand-written references, across modes and branch formulations.
 
-The references below are written from DESIGN §1 with nothing but
+The references below are written from docs/design.md §1-2 with nothing but
 ``jax.lax.conv_general_dilated`` and ``jnp``: one convolution per block, batch norm
 from its definition, block inputs ``x_j = sum_k m[j, k] y_k`` written as a sum.
 Everything that compiles uses a two-module network of three branches on 8x8

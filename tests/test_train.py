@@ -95,10 +95,11 @@ def _check_outputs(workdir, expected_test_examples):
 def test_digits_end_to_end_with_pruned_model(digits_run):
     _, workdir, summary = digits_run
     _check_outputs(workdir, expected_test_examples=360)  # 360 = 60 batches of 6
-    from mcjax import datasets, export
+    from mcjax import export
+    from mcjax.data import sources
 
     model = export.load(str(workdir / "pruned_model"))
-    data = datasets.load_digits()
+    data = sources.load_digits()
     logits = export.predict(model, data.test_images)
     accuracy = float((np.argmax(logits, -1) == data.test_labels).mean())
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
@@ -160,11 +161,12 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
     summary = _check_outputs_after(config, tmp_path / "run", 7)
     assert 0.0 <= summary["test_accuracy_top5"] <= 1.0
     assert summary["test_accuracy_top5"] >= summary["test_accuracy"]
-    from mcjax import export, imagenet_input
+    from mcjax import export
+    from mcjax.data import streaming
 
     model = export.load(str(tmp_path / "run" / "pruned_model"))  # ImageNet's per-channel std
-    np.testing.assert_array_equal(model.std, imagenet_input.IMAGENET_STD)
-    np.testing.assert_array_equal(model.mean_image, imagenet_input.IMAGENET_MEAN)
+    np.testing.assert_array_equal(model.std, streaming.IMAGENET_STD)
+    np.testing.assert_array_equal(model.mean_image, streaming.IMAGENET_MEAN)
 
 
 def _check_outputs_after(config, workdir, test_examples):

@@ -1,4 +1,4 @@
-"""Batches for training and exact evaluation, from the data set a config names.
+"""Batches for training and exact evaluation of a data set of :mod:`mcjax.data.registry`.
 
 Small data sets (digits, CIFAR, Mini-ImageNet) live on the device whole, as
 uint8; each step gathers its batch and augments it there, with keys that are a
@@ -20,43 +20,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax.data import augment, sources
+from mcjax.data import augment, batch_order, registry, sources
 
 __all__ = ["InMemoryInput", "make_input"]
 
-# (train augmentation, test preprocessing, whether the network sees a crop) per
-# data set (DESIGN §3); Mini-ImageNet crops config.data.image_size (64) out of 84.
-_TRANSFORMS = {
-    "digits": ("digits", "plain", False),
-    "cifar10": ("cifar", "plain", False),
-    "cifar100": ("cifar", "plain", False),
-    "mini_imagenet": ("crop_flip", "center_crop", True),
+# The in-memory views of mcjax.data.registry, by name.
+_TRAIN_VIEWS = {
+    "digits": lambda keys, images, mean, crop: augment.digits_train(keys, images, mean),
+    "cifar": lambda keys, images, mean, crop: augment.cifar_train(keys, images, mean),
+    "crop_flip": lambda keys, images, mean, crop: augment.crop_flip_train(
+        keys, images, mean, crop=crop
+    ),
 }
-
-
-def _train_transform(kind, keys, images, mean, crop):
-    if kind == "digits":
-        return augment.digits_train(keys, images, mean)
-    if kind == "cifar":
-        return augment.cifar_train(keys, images, mean)
-    return augment.crop_flip_train(keys, images, mean, crop=crop)
-
-
-def _eval_transform(kind, images, mean, crop):
-    if kind == "plain":
-        return augment.plain_eval(images, mean)
-    return augment.center_crop_eval(images, mean, crop=crop)
+_EVAL_VIEWS = {
+    "plain": lambda images, mean, crop: augment.plain_eval(images, mean),
+    "center_crop": lambda images, mean, crop: augment.center_crop_eval(images, mean, crop=crop),
+}
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "crop"))
 def _train_batch(images, labels, indices, positions, step, key, mean, *, kind, crop):
     keys = augment.example_keys(key, step, positions)
-    return _train_transform(kind, keys, images[indices], mean, crop), labels[indices]
+    return _TRAIN_VIEWS[kind](keys, images[indices], mean, crop), labels[indices]
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "crop"))
 def _eval_batch(images, labels, indices, mean, *, kind, crop):
-    return _eval_transform(kind, images[indices], mean, crop), labels[indices]
+    return _EVAL_VIEWS[kind](images[indices], mean, crop), labels[indices]
 
 
 _ALL = slice(None)
@@ -64,7 +54,7 @@ _ALL = slice(None)
 
 def _train_rows(data, step: int, rows: slice) -> tuple[np.ndarray, np.ndarray]:
     """Example indices and global-batch positions of the ``rows`` of batch ``step``."""
-    indices = augment.train_batch_indices(data.seed, step, data.num_train, data.batch_size)
+    indices = batch_order.train_batch_indices(data.seed, step, data.num_train, data.batch_size)
     return indices[rows], np.arange(data.batch_size)[rows]
 
 
@@ -81,16 +71,15 @@ class InMemoryInput:
         key: jax.Array,
         image_size: int,
     ):
-        if data.name not in _TRANSFORMS:
-            raise ValueError(f"no transforms for data set {data.name!r}")
+        spec = registry.get(data.name)
         self.name = data.name
         self.num_classes = data.num_classes
         self.num_train = int(data.train_images.shape[0])
         self.num_test = int(data.test_images.shape[0])
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
-        self._train_kind, self._eval_kind, crops = _TRANSFORMS[data.name]
-        self.crop = image_size if crops else None
-        if not crops and data.train_images.shape[1] != image_size:
+        self._train_kind, self._eval_kind = spec.train_view, spec.eval_view
+        self.crop = image_size if spec.crops else None
+        if not spec.crops and data.train_images.shape[1] != image_size:
             raise sources.DataError(
                 f"config.data.image_size is {image_size} but {data.name} images are "
                 f"{data.train_images.shape[1]}x{data.train_images.shape[2]}"
@@ -120,7 +109,7 @@ class InMemoryInput:
     def eval_batches(self, rows: slice = _ALL) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
         """``(images, labels, valid)``: the ``rows`` of padded batches of
         ``eval_batch_size`` that cover every test example exactly once."""
-        for indices, valid in augment.eval_batches(self.num_test, self.eval_batch_size):
+        for indices, valid in batch_order.eval_batches(self.num_test, self.eval_batch_size):
             images, labels = _eval_batch(
                 *self._test,
                 jnp.asarray(indices[rows]),
@@ -134,23 +123,32 @@ class InMemoryInput:
 class StreamingInput:
     """ImageNet through host threads (see :mod:`mcjax.data.streaming`)."""
 
-    def __init__(self, config, *, seed: int, batch_size: int, eval_batch_size: int):
-        from mcjax import imagenet_input
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_dir: str | None,
+        image_size: int,
+        seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+    ):
+        from mcjax.data import streaming
 
-        self.name = "imagenet"
-        self.source = imagenet_input.ImageNetInput(
-            data_dir=config.data.data_dir or None,
-            image_size=int(config.data.image_size),
+        self.name = name
+        self.source = streaming.ImageNetInput(
+            data_dir=data_dir or None,
+            image_size=image_size,
             seed=seed,
             global_batch_size=batch_size,
         )
-        self.num_classes = 1000
+        self.num_classes = registry.get(name).num_classes
         self.num_train = self.source.num_train
         self.num_test = self.source.num_test
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
         # Per-channel normalisation for the exported model (images pre-cropped to 224).
-        self.mean_image = imagenet_input.IMAGENET_MEAN
-        self.std = imagenet_input.IMAGENET_STD
+        self.mean_image = streaming.IMAGENET_MEAN
+        self.std = streaming.IMAGENET_STD
         self.crop = None
 
     def train_batch(self, step: int, rows: slice = _ALL):
@@ -163,15 +161,35 @@ class StreamingInput:
             yield jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid)
 
 
-def make_input(config, *, key: jax.Array):
-    """The input of ``config.data`` (raises :class:`mcjax.data.sources.DataError` if missing)."""
-    kwargs = dict(
-        seed=int(config.seed),
-        batch_size=int(config.batch_size),
-        eval_batch_size=int(config.eval_batch_size),
-    )
-    if config.data.name == "imagenet":
-        return StreamingInput(config, **kwargs)
-    return InMemoryInput(
-        sources.load(config.data), key=key, image_size=int(config.data.image_size), **kwargs
-    )
+def make_input(
+    name: str,
+    *,
+    data_dir: str | None,
+    image_size: int,
+    seed: int,
+    batch_size: int,
+    eval_batch_size: int,
+    key: jax.Array,
+    num_classes: int | None = None,
+    options: dict | None = None,
+) -> InMemoryInput | StreamingInput:
+    """The input of data set ``name`` (an entry of :mod:`mcjax.data.registry`).
+
+    Args:
+      name, data_dir: which data and where (see :func:`mcjax.data.sources.load`).
+      image_size: the network's input side (the crop, for data sets that crop).
+      seed: decides the batch order and, with ``key``, the augmentation.
+      batch_size, eval_batch_size: global batch sizes.
+      key: the augmentation key (in-memory data sets).
+      num_classes: if given, must be the data's class count (the head is sized from it).
+      options: loader options (:func:`mcjax.data.sources.load`), e.g. Mini-ImageNet's split.
+
+    Raises:
+      mcjax.data.sources.DataError: the data is missing or malformed.
+    """
+    batches = dict(seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size)
+    spec = registry.get(name)
+    if spec.streamed:
+        return StreamingInput(name, data_dir=data_dir, image_size=image_size, **batches)
+    data = sources.load(name, data_dir=data_dir, num_classes=num_classes, **(options or {}))
+    return InMemoryInput(data, key=key, image_size=image_size, **batches)

@@ -15,7 +15,7 @@ Loaders:
 * :func:`load_tfds_cifar` -- CIFAR-10/100 from tensorflow-datasets data prepared
   in ``array_record`` format; reads it without TensorFlow and never downloads.
 * :func:`load_image_folder` -- Mini-ImageNet as a folder of class folders.
-* :func:`load` -- dispatch on a config's ``data`` section.
+* :func:`load` -- any in-memory data set of :mod:`mcjax.data.registry` by name.
 
 Whatever goes wrong with the user's data raises :class:`DataError`, whose message
 says what is wrong and how to fix it; a missing data set fails in well under a
@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from mcjax.data import registry
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -368,48 +370,38 @@ def _stack(images: list[np.ndarray], image_size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- dispatch
 
 
-def load(data_config: Any) -> InMemoryData:
-    """The in-memory data set that ``data_config`` (a config's ``data`` section) names.
+def load(
+    name: str, *, data_dir: str | None = None, num_classes: int | None = None, **options: Any
+) -> InMemoryData:
+    """The in-memory data set called ``name`` (an entry of :mod:`mcjax.data.registry`).
 
-    Fields: ``name`` in {digits, cifar10, cifar100, mini_imagenet}; ``data_dir`` (the
-    tfds data_dir, or the image folder for mini_imagenet; ``""``/None = default);
-    ``num_classes`` if present must match the data. Optional for mini_imagenet:
-    ``folder_image_size`` (84), ``train_per_class`` (500), ``test_per_class`` (100).
-    ImageNet streams instead: see :class:`mcjax.data.streaming.ImageNetInput`.
+    Args:
+      name: digits, cifar10, cifar100 or mini_imagenet (ImageNet streams instead: see
+        :class:`mcjax.data.streaming.ImageNetInput`).
+      data_dir: the tfds data_dir, or the image folder for mini_imagenet (``None``/``""``:
+        the default, where there is one).
+      num_classes: if given, must be the data's class count (the head is sized from it).
+      **options: loader options, e.g. for mini_imagenet ``folder_image_size`` (84),
+        ``train_per_class`` (500), ``test_per_class`` (100).
+
+    Raises:
+      DataError: unknown name, missing or malformed data, or a class-count mismatch.
     """
-    name = data_config.name
-    data_dir = getattr(data_config, "data_dir", None) or None
-    if name == "digits":
-        data = load_digits()
-    elif name in _TFDS_CIFAR_NAMES:
-        data = load_tfds_cifar(name, data_dir=data_dir)
-    elif name == "mini_imagenet":
-        if not data_dir:
-            raise DataError(
-                "mini_imagenet needs `--config.data.data_dir=` the folder of class subfolders."
-            )
-        expected = getattr(data_config, "num_classes", None)
-        data = load_image_folder(
-            data_dir,
-            image_size=int(getattr(data_config, "folder_image_size", 84)),
-            train_per_class=int(getattr(data_config, "train_per_class", 500)),
-            test_per_class=int(getattr(data_config, "test_per_class", 100)),
-            expected_classes=None if expected is None else int(expected),
-        )
-    elif name == "imagenet":
+    try:
+        spec = registry.get(name)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    if spec.streamed:
         raise DataError(
-            "imagenet is streamed, not loaded into memory: use mcjax.data.streaming.ImageNetInput."
+            f"{name} is streamed, not loaded into memory: use mcjax.data.streaming.ImageNetInput."
         )
-    else:
-        raise DataError(
-            f"unknown data set {name!r}; choose one of digits, cifar10, cifar100, "
-            "mini_imagenet, imagenet."
-        )
-    expected = getattr(data_config, "num_classes", None)
-    if expected is not None and int(expected) != data.num_classes:
+    if spec.needs_data_dir and not data_dir:
+        raise DataError(f"{name} needs `--config.data.data_dir=` the folder of its data.")
+    data = spec.load(data_dir=data_dir or None, num_classes=num_classes, **options)
+    if num_classes is not None and int(num_classes) != data.num_classes:
         # The head is sized from the config: a mismatch would train silently wrong.
         raise DataError(
-            f"config.data.num_classes={expected} but {name} has {data.num_classes} classes; "
+            f"config.data.num_classes={num_classes} but {name} has {data.num_classes} classes; "
             f"set `--config.data.num_classes={data.num_classes}`."
         )
     return data

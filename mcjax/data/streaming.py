@@ -20,7 +20,7 @@ step is the same whatever thread, host or call order produced it, and a resumed
 run sees the same images.
 
 Prefetch: :meth:`ImageNetInput.train_batch` serves step ``s`` and, when the
-caller's indices follow :func:`mcjax.data.augment.train_batch_indices` with the same
+caller's indices follow :func:`mcjax.data.batch_order.train_batch_indices` with the same
 seed, starts decoding steps ``s+1 .. s+prefetch`` in the thread pool; a
 prefetched batch is only used if its step, indices and positions match the
 request exactly, so prefetching never changes a result.
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from mcjax.data import augment
+from mcjax.data import batch_order
 from mcjax.data.sources import DataError, open_tfds_splits
 
 __all__ = [
@@ -307,7 +307,7 @@ class ImageNetInput:
         global_batch = self.global_batch_size or batch_size
         if not 0 < global_batch <= self.num_train or positions.max(initial=0) >= global_batch:
             return None
-        order = augment.train_batch_indices(self.seed, step, self.num_train, global_batch)
+        order = batch_order.train_batch_indices(self.seed, step, self.num_train, global_batch)
         return order[positions]
 
     def train_batch(
@@ -349,18 +349,6 @@ class ImageNetInput:
                     self._pending[ahead] = self._submit_train(ahead, planned, positions)
         return batch.result()
 
-    def train_batches(
-        self, start_step: int, batch_size: int
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Endless ``(step, images, labels)`` from ``start_step`` in the order of
-        :func:`mcjax.data.augment.train_batch_indices`, decoded ``prefetch`` steps ahead."""
-        step = int(start_step)
-        while True:
-            indices = augment.train_batch_indices(self.seed, step, self.num_train, batch_size)
-            images, labels = self.train_batch(step, indices)
-            yield step, images, labels
-            step += 1
-
     # ------------------------------------------------------------------ eval
 
     def eval_batches(
@@ -371,7 +359,7 @@ class ImageNetInput:
         marked invalid, so every example counts exactly once. ``rows``: this host's
         rows of each batch (default all)."""
         window: collections.deque[tuple[_PendingBatch, np.ndarray]] = collections.deque()
-        plan = augment.eval_batches(self.num_test, batch_size)
+        plan = batch_order.eval_batches(self.num_test, batch_size)
         try:
             for all_indices, all_valid in plan:
                 indices, valid = all_indices[rows], all_valid[rows]

@@ -1,4 +1,4 @@
-"""The paper's four-phase training (appendix E, DESIGN §3), end to end.
+"""The paper's four-phase training (appendix E, docs/design.md §6), end to end.
 
 Phase 1 trains weights and masks jointly (K-hot masks sampled every step from
 the real-valued ones, straight-through gradients); at the start of phase 2 each
@@ -26,7 +26,6 @@ import optax
 from absl import logging
 
 from mcjax import masks, models, optim, parallel, prune
-from mcjax.data import in_memory
 from mcjax.training import distributed, from_config, preemption, run_outputs, validation
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import MetricWriter
@@ -344,7 +343,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     multi_process = jax.process_count() > 1
     net = from_config.network(config)
     init_key, mask_key, augment_key = _seed_keys(int(config.seed))
-    data = in_memory.make_input(config, key=augment_key)
+    data = from_config.data_input(config, key=augment_key)
     schedule = Schedule.from_config(config, data.num_train)
     tx = make_optimizer(config, schedule)
     if is_writer:
