@@ -1,6 +1,7 @@
 r"""Where a train step's time goes, and A/B timings of step variants in one process.
 
     python benchmarks/step_profile.py --arch 29,8,8 --batch 32 --connectivity full learned
+    python benchmarks/step_profile.py --connectivity full full_per_branch_bn --impl loop grouped
     python benchmarks/step_profile.py --arch 29,8,8 --connectivity learned --profile
     python benchmarks/step_profile.py --arch 29,8,8 --connectivity full learned \
         --xla_flags=--xla_cpu_use_onednn=true
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import dataclasses
 import functools
 import glob
 import gzip
+import itertools
 import json
 import os
 import statistics
@@ -38,16 +42,51 @@ if "--xla_flags" in " ".join(sys.argv):  # must be set before jax initialises it
             ).strip()
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput
 
-from mcjax import optim
+from mcjax import blocks, masks, optim
 from mcjax.training import loop
+
+_aggregate = masks.aggregate
+
+
+def _aggregate_then_divide(real, binary, outputs, *, scale=1.0):
+    """``aggregation="mean"`` as a division after the mix (a pass of its own)."""
+    out = _aggregate(real, binary, outputs)
+    return out if scale == 1.0 else out / jnp.asarray(round(1.0 / scale), out.dtype)
+
+
+# Formulations measured against the library's current one, applied while the step is
+# traced. Each maps a name to (module, attribute, value) replacements.
+VARIANTS = {
+    "current": (),
+    # Stack the C branches after every convolution and slice before the next (the
+    # branch layout [C,N,H,W,c]) instead of keeping them as C arrays.
+    "loop_stacked": ((blocks, "_LOOP_KEEPS_BRANCHES_APART", False),),
+    "mean_divides_after_mix": ((masks, "aggregate", _aggregate_then_divide),),
+}
+
+
+@contextlib.contextmanager
+def _patched(variant: str):
+    saved = [(module, name, getattr(module, name)) for module, name, _ in VARIANTS[variant]]
+    try:
+        for module, name, value in VARIANTS[variant]:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def compiled_step(arch, connectivity, impl, *, batch, image_size, num_classes, fan_in, dtype):
+    per_branch_bn = connectivity == "full_per_branch_bn"
+    connectivity = "full" if per_branch_bn else connectivity
     net = throughput._network(arch, connectivity, dtype, fan_in, num_classes, impl)
+    net = dataclasses.replace(net, full_per_branch_bn=per_branch_bn)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
     state = jax.jit(loop.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
     images, labels = throughput._batch(batch, image_size, num_classes)
@@ -127,6 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="29,8,8")
     parser.add_argument("--connectivity", nargs="+", default=["full", "learned"])
     parser.add_argument("--impl", nargs="+", default=["auto"])
+    parser.add_argument("--variants", nargs="+", default=["current"], choices=sorted(VARIANTS))
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=32)
@@ -142,8 +182,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     entries = []
-    for connectivity in args.connectivity:
-        for impl in args.impl:
+    for connectivity, impl, variant in itertools.product(
+        args.connectivity, args.impl, args.variants
+    ):
+        with _patched(variant):
             compiled, step_args, compile_s = compiled_step(
                 args.arch,
                 connectivity,
@@ -154,16 +196,16 @@ def main(argv=None) -> int:
                 fan_in=args.fan_in,
                 dtype=args.dtype,
             )
-            entries.append(
-                {
-                    "name": f"{connectivity}/{impl}",
-                    "compiled": compiled,
-                    "args": step_args,
-                    "compile_s": compile_s,
-                    "times": [],
-                }
-            )
-            print(f"compiled {entries[-1]['name']} in {compile_s:.1f} s", flush=True)
+        entries.append(
+            {
+                "name": f"{connectivity}/{impl}/{variant}",
+                "compiled": compiled,
+                "args": step_args,
+                "compile_s": compile_s,
+                "times": [],
+            }
+        )
+        print(f"compiled {entries[-1]['name']} in {compile_s:.1f} s", flush=True)
     for _ in range(args.warmup):
         for entry in entries:
             _run(entry)
@@ -175,12 +217,12 @@ def main(argv=None) -> int:
         f"\n{args.arch}, batch {args.batch}, {args.dtype}, median of {args.rounds} "
         f"interleaved rounds (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
     )
-    print(f"{'step':<24}{'ms':>9}{'img/s':>9}{'vs first':>10}{'compile s':>11}")
+    print(f"{'step':<40}{'ms':>9}{'img/s':>9}{'vs first':>10}{'compile s':>11}")
     for entry in entries:
         median = statistics.median(entry["times"])
         entry["step_ms"] = 1e3 * median
         print(
-            f"{entry['name']:<24}{1e3 * median:>9.1f}{args.batch / median:>9.1f}"
+            f"{entry['name']:<40}{1e3 * median:>9.1f}{args.batch / median:>9.1f}"
             f"{median / base:>10.2f}{entry['compile_s']:>11.1f}"
         )
     if args.profile:

@@ -295,9 +295,8 @@ def apply(
                         f"{(spec.cardinality, x.shape[0])}"
                     )
                 real = binary if real_masks is None else real_masks[index - 1]
-                x = masks.aggregate(real, binary.astype(real.dtype), x)
-                if net.aggregation == "mean":
-                    x = x / jnp.asarray(net.fan_in, x.dtype)
+                scale = 1.0 / net.fan_in if net.aggregation == "mean" else 1.0
+                x = masks.aggregate(real, binary.astype(real.dtype), x, scale=scale)
             x, s = blocks.multi_branch_module(p, s, x, stride=spec.stride, **common)
         new_stats["modules"].append(s)
 

@@ -458,7 +458,7 @@ def test_modes_share_weights_for_the_same_key():
 
 def test_per_branch_bn_full_with_split_statistics_is_resnext_in_eval():
     """One BN after the sum equals per-branch BNs whose scale and variance are the one
-    BN's and whose bias and mean are the one BN's divided by C (DESIGN §1)."""
+    BN's and whose bias and mean are the one BN's divided by C (docs/design.md §2)."""
     net = _net("full")
     params, stats = _variables(net)
     split_params = dict(params, modules=[])
