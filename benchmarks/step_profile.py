@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import dataclasses
 import functools
 import glob
 import gzip
@@ -83,10 +82,7 @@ def _patched(variant: str):
 
 
 def compiled_step(arch, connectivity, impl, *, batch, image_size, num_classes, fan_in, dtype):
-    per_branch_bn = connectivity == "full_per_branch_bn"
-    connectivity = "full" if per_branch_bn else connectivity
     net = throughput._network(arch, connectivity, dtype, fan_in, num_classes, impl)
-    net = dataclasses.replace(net, full_per_branch_bn=per_branch_bn)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
     state = jax.jit(loop.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
     images, labels = throughput._batch(batch, image_size, num_classes)
