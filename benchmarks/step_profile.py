@@ -66,6 +66,8 @@ VARIANTS = {
     # Stack the C branches after every convolution and slice before the next (the
     # branch layout [C,N,H,W,c]) instead of keeping them as C arrays.
     "loop_stacked": ((blocks, "_LOOP_KEEPS_BRANCHES_APART", False),),
+    # Keep them as C separate arrays from a module's input to its last BN.
+    "loop_apart": ((blocks, "_LOOP_KEEPS_BRANCHES_APART", True),),
     "mean_divides_after_mix": ((masks, "aggregate", _aggregate_then_divide),),
 }
 

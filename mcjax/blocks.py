@@ -236,11 +236,12 @@ def residual_functions(
     return h, new_stats
 
 
-# "loop" keeps the C branches as C separate arrays from a module's input to its last
-# BN (a per-branch BN is then a plain BN of one array) and stacks them once, instead
-# of stacking after every convolution and slicing before the next one
-# (benchmarks/step_profile.py --variants measures both).
-_LOOP_KEEPS_BRANCHES_APART = True
+# Whether "loop" keeps the C branches as C separate arrays from a module's input to its
+# last BN (a per-branch BN is then a plain BN of one array) and stacks them once, instead
+# of stacking after every convolution and slicing before the next one. Off until it is
+# measured to pay on a quiet machine: `benchmarks/step_profile.py --variants current
+# loop_apart` (benchmarks/RESULTS_NOTES_CPU.md); off keeps the masked modes' bits.
+_LOOP_KEEPS_BRANCHES_APART = False
 
 
 def _apart_residuals(params: dict, stats: dict, x: Array, *, stride: int, bn: dict):
