@@ -10,7 +10,7 @@ __all__ = ["data_input", "network"]
 
 
 def _zero_init_residual(model) -> bool:
-    value = model.get("zero_init_residual", "auto")
+    value = model.get("zero_init_residual", False)
     if value == "auto":
         return model.connectivity == "full"
     if not isinstance(value, bool):
