@@ -152,6 +152,20 @@ def _kind(name: str) -> str:
     return "other"
 
 
+# Trace events of the runtime around the operations (dispatch, argument handling).
+_NOT_OPERATIONS = (
+    "PjitFunction",
+    "PjRt",
+    "CommonPjRt",
+    "Thunk",
+    "$",
+    "jit_",
+    "Execute",
+    "ParseArguments",
+    "Handle inputs",
+)
+
+
 def profile(entry, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
@@ -159,11 +173,7 @@ def profile(entry, steps: int) -> dict:
                 _run(entry)
         totals = op_breakdown(tmp)
     # Keep operations (XLA thunks), not the enclosing step/executable events.
-    ops = {
-        k: v / steps
-        for k, v in totals.items()
-        if not k.startswith(("PjitFunction", "PjRt", "Thunk", "$", "jit_", "Execute"))
-    }
+    ops = {k: v / steps for k, v in totals.items() if not k.startswith(_NOT_OPERATIONS)}
     by_kind: dict[str, float] = collections.defaultdict(float)
     for name, us in ops.items():
         by_kind[_kind(name)] += us
