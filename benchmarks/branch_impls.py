@@ -3,7 +3,10 @@ r"""Train-step speed of each formulation of the C branches (``mcjax.blocks.BRANC
     python benchmarks/branch_impls.py --arch 29,8,8 --batch 128 --steps 5
     python benchmarks/branch_impls.py --quick          # 20,4,8, batch 32, 3 steps
 
-For each formulation x connectivity, jit-compiles the real training step
+``full`` is ResNeXt's form (one dense 1x1 conv over the concatenated bottlenecks, one BN),
+where a formulation only changes the 3x3 convs; ``--connectivities full_per_branch_bn``
+adds the per-branch-BN ablation. For each formulation x connectivity, jit-compiles the
+real training step
 (:func:`mcjax.training.loop.train_step`, SGD-momentum + clipped mask SGD, donated
 state), runs ``--warmup`` steps, then times ``--steps`` fully synchronised steps
 and reports the median images/s, the compile seconds and the ratio to the
@@ -49,7 +52,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--impls", default="loop,grouped,vmap")
-    parser.add_argument("--connectivities", default="full,learned")
+    parser.add_argument("--connectivities", default="full,learned")  # + full_per_branch_bn
     parser.add_argument("--quick", action="store_true", help="20,4,8, batch 32, 3 steps")
     parser.add_argument("--out", default="benchmarks/branch_impls.json")
     args = parser.parse_args()

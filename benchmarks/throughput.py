@@ -5,9 +5,10 @@ r"""Training and inference throughput of mcjax, side by side with public PyTorch
     python benchmarks/throughput.py --arch 29,64,8 --dtype bfloat16 --batch 128 256 --torch
     python benchmarks/throughput.py --arch resnext50_32x4d --image_size 224 --batch 64
 
-For each architecture x connectivity (``full``, ``learned``: phase 1, masks sampled
-and learned; ``random``: a fixed K-hot connectivity) x compute dtype (``float32``;
-``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
+For each architecture x connectivity (``full``: ResNeXt; ``learned``: phase 1, masks
+sampled and learned; ``random``: a fixed K-hot connectivity; on request
+``full_per_branch_bn``, the ablation with the masked modes' parameters) x compute
+dtype (``float32``; ``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
 real training step (:func:`mcjax.training.loop.train_step`, donated state) is compiled
 ahead of time, run ``--warmup`` times, then ``--steps`` fully synchronised steps
 are timed and the median reported: images/s, compile seconds, achieved TFLOP/s
@@ -47,14 +48,18 @@ CONNECTIVITIES = ("full", "learned", "random")
 
 
 def _network(arch: str, connectivity: str, dtype: str, fan_in: int, num_classes: int, impl: str):
+    """``connectivity``: a mode of :data:`mcjax.models.CONNECTIVITIES`, or
+    ``"full_per_branch_bn"`` (``full`` with one BN per branch, the ablation)."""
+    per_branch_bn = connectivity == "full_per_branch_bn"
+    mode = "full" if per_branch_bn else connectivity
     return models.Network(
         get_architecture(arch),
         num_classes=num_classes,
-        connectivity=connectivity,
+        connectivity=mode,
         fan_in=fan_in,
         dtype=models.DTYPES[dtype],
         branch_impl=impl,
-        zero_init_residual=connectivity == "full",
+        full_per_branch_bn=per_branch_bn,
     )
 
 
@@ -64,6 +69,7 @@ def _forward_flops(net: models.Network, image_size: int) -> int:
         image_size=image_size,
         num_classes=net.num_classes,
         per_block_inputs=net.connectivity != "full",
+        per_branch_bn=net.per_branch_bn3,
     )["flops_per_image"]
 
 
@@ -385,7 +391,12 @@ def _ratios(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", nargs="+", default=["20,4,8", "29,8,8"])
-    parser.add_argument("--connectivity", nargs="+", default=list(CONNECTIVITIES))
+    parser.add_argument(
+        "--connectivity",
+        nargs="+",
+        default=list(CONNECTIVITIES),
+        choices=[*models.CONNECTIVITIES, "full_per_branch_bn"],
+    )
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batch", nargs="+", type=int, default=[128])
     parser.add_argument("--steps", type=int, default=5)

@@ -6,18 +6,23 @@ A module holds ``C`` bottleneck blocks (docs/design.md §1)::
 
 with channels ``c_in -> b -> b -> c_out`` and the stride in the 3x3 conv, and one
 shortcut ``S`` per module (identity, or a 1x1 projection + BN shared by the
-blocks when the shape changes). Two module forms:
+blocks when the shape changes). Module forms:
 
 * :func:`multi_branch_module`: each block ``j`` has its own input ``x_j`` and
   output ``y_j = ReLU(S(x_j) + F(x_j; theta_j))`` (MaskConnect, paper Eq. 2);
-* :func:`resnext_module`: one stream, ``y = ReLU(S(x) + sum_j F(x; theta_j))``
-  (ResNeXt, paper Eq. 1 with a ReLU after the sum).
+  each block keeps its own last BN, since each output is its own stream.
+* :func:`resnext_module`: one stream, ResNeXt exactly (Xie et al. 2017, form (c)):
+  the C bottlenecks' last 1x1 convs act on their concatenation as one dense conv,
+  followed by **one** BN, ``y = ReLU(S(x) + BN(sum_j conv3_j(h_j)))``. With
+  per-branch last BNs (``bn3`` of shape ``[C, c_out]``, the parameterisation of the
+  masked modes) it computes ``y = ReLU(S(x) + sum_j F(x; theta_j))`` instead: the
+  "same parameters as learned" ablation.
 
 Parameters of the ``C`` blocks are stacked on a leading branch axis (kernels
 ``[C, kh, kw, c_in, c_out]``, BN vectors ``[C, c]``), so a pruned module is a
-slice, and :func:`residual_functions` computes the ``C`` branches with one of
-several formulations (``BRANCH_IMPLS``) that give the same function of the same
-parameters; ``"auto"`` picks the one measured fastest on the backend.
+slice, and the C branches are computed with one of several formulations
+(``BRANCH_IMPLS``) that give the same function of the same parameters;
+``"auto"`` picks the one measured fastest on the backend.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ _AUTO_IMPL = {"cpu": "loop", "gpu": "grouped", "tpu": "grouped"}
 
 __all__ = [
     "BRANCH_IMPLS",
+    "has_per_branch_bn3",
     "init_module",
     "multi_branch_module",
     "residual_functions",
     "resnext_module",
+    "resnext_residual",
     "resolve_branch_impl",
     "shortcut",
 ]
@@ -58,19 +65,32 @@ def resolve_branch_impl(impl: str, backend: str | None = None) -> str:
 
 
 def init_module(
-    key: Array, spec: ModuleSpec, *, zero_init_residual: bool = False
+    key: Array,
+    spec: ModuleSpec,
+    *,
+    per_branch_bn3: bool = True,
+    zero_init_residual: bool = False,
 ) -> tuple[dict, dict]:
     """Parameters and BN statistics of one module.
 
-    With ``zero_init_residual`` the scale of each block's last BN starts at 0, so
-    every block starts as its shortcut (as flax's ImageNet ResNet does): C
-    unit-variance branch outputs are not summed into the stream at init.
+    Args:
+      key: a PRNG key.
+      spec: the module's shape.
+      per_branch_bn3: each block keeps its own BN after its last 1x1 conv
+        (``bn3 [C, c_out]``: the masked modes, and the per-branch-BN ablation of
+        ``full``); when False, one BN after the sum of the branches (``bn3
+        [c_out]``: the ResNeXt module).
+      zero_init_residual: start the scale of the last BN(s) at 0, so that every
+        block (or the module's residual) starts as the shortcut, as flax's
+        ImageNet ResNet does.
 
     Returns:
       ``(params, stats)``. ``params`` has ``conv1 [C,1,1,c_in,b]``,
-      ``conv2 [C,3,3,b,b]``, ``conv3 [C,1,1,b,c_out]``, ``bn1..bn3`` with
-      ``scale``/``bias`` of shape ``[C, channels]``, and, when the module projects,
-      ``shortcut = {conv [1,1,c_in,c_out], bn}``. ``stats`` mirrors the BNs.
+      ``conv2 [C,3,3,b,b]``, ``conv3 [C,1,1,b,c_out]``, ``bn1``/``bn2`` with
+      ``scale``/``bias`` of shape ``[C, b]``, ``bn3`` of shape ``[C, c_out]`` or
+      ``[c_out]`` (see ``per_branch_bn3``), and, when the module projects,
+      ``shortcut = {conv [1,1,c_in,c_out], bn}``. ``stats`` mirrors the BNs
+      (``mean``/``var``).
     """
     c, b = spec.cardinality, spec.bottleneck
     k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -78,8 +98,9 @@ def init_module(
     params["conv1"] = layers.he_normal(k1, (c, 1, 1, spec.in_channels, b))
     params["conv2"] = layers.he_normal(k2, (c, 3, 3, b, b))
     params["conv3"] = layers.he_normal(k3, (c, 1, 1, b, spec.out_channels))
-    for name, width in (("bn1", b), ("bn2", b), ("bn3", spec.out_channels)):
-        params[name], stats[name] = layers.bn_init((c, width))
+    bn3_shape = (c, spec.out_channels) if per_branch_bn3 else (spec.out_channels,)
+    for name, shape in (("bn1", (c, b)), ("bn2", (c, b)), ("bn3", bn3_shape)):
+        params[name], stats[name] = layers.bn_init(shape)
     if zero_init_residual:
         params["bn3"]["scale"] = jnp.zeros_like(params["bn3"]["scale"])
     if spec.has_projection:
@@ -90,6 +111,11 @@ def init_module(
         }
         stats["shortcut"] = {"bn": bn_stats}
     return params, stats
+
+
+def has_per_branch_bn3(params: dict) -> bool:
+    """Whether a module's parameters keep one last BN per block (``bn3 [C, c_out]``)."""
+    return params["bn3"]["scale"].ndim == 2
 
 
 # --- The C residual functions --------------------------------------------------
@@ -194,6 +220,9 @@ def residual_functions(
         )
         return _from_grouped(h, c), new_stats
 
+    if impl == "loop" and _LOOP_KEEPS_BRANCHES_APART:
+        return _apart_residuals(params, stats, x, stride=stride, bn={**bn, "axes": (0, 1, 2)})
+
     # Branch layout [C,N,H,W,c]; BN reduces over N, H, W per branch and channel.
     if shared:
         h = _from_grouped(_fused_first_conv(x, params["conv1"]), c)
@@ -205,6 +234,37 @@ def residual_functions(
     h = _branch_conv(jax.nn.relu(h), params["conv3"], 1, impl)
     h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], axes=(1, 2, 3), **bn)
     return h, new_stats
+
+
+# Whether "loop" keeps the C branches as C separate arrays from a module's input to its
+# last BN (a per-branch BN is then a plain BN of one array) and stacks them once, instead
+# of stacking after every convolution and slicing before the next one. Off until it is
+# measured to pay on a quiet machine: `benchmarks/step_profile.py --variants current
+# loop_apart` (benchmarks/RESULTS_NOTES_CPU.md); off keeps the masked modes' bits.
+_LOOP_KEEPS_BRANCHES_APART = False
+
+
+def _apart_residuals(params: dict, stats: dict, x: Array, *, stride: int, bn: dict):
+    """``residual_functions`` for ``impl="loop"``, one array per branch."""
+    c = params["conv1"].shape[0]
+
+    def branch(tree, j):
+        return jax.tree.map(lambda a: a[j], tree)
+
+    outputs, branch_stats = [], []
+    for j in range(c):
+        h = layers.conv2d(x if x.ndim == 4 else x[j], params["conv1"][j])
+        h, s1 = layers.batch_norm(h, branch(params["bn1"], j), branch(stats["bn1"], j), **bn)
+        h = layers.conv2d(jax.nn.relu(h), params["conv2"][j], stride=stride)
+        h, s2 = layers.batch_norm(h, branch(params["bn2"], j), branch(stats["bn2"], j), **bn)
+        h = layers.conv2d(jax.nn.relu(h), params["conv3"][j])
+        h, s3 = layers.batch_norm(h, branch(params["bn3"], j), branch(stats["bn3"], j), **bn)
+        outputs.append(h)
+        branch_stats.append({"bn1": s1, "bn2": s2, "bn3": s3})
+    new_stats = dict(stats)
+    for name in ("bn1", "bn2", "bn3"):
+        new_stats[name] = jax.tree.map(lambda *a: jnp.stack(a), *[s[name] for s in branch_stats])
+    return jnp.stack(outputs), new_stats
 
 
 def shortcut(
@@ -268,6 +328,64 @@ def multi_branch_module(
     return jax.nn.relu(s + f), stats
 
 
+def _grouped_layout_conv(x: Array, kernel: Array, stride: int, impl: str) -> Array:
+    """Per-branch convs on the grouped layout ``[N,H,W,C*c_in]`` -> ``[N,H',W',C*c_out]``."""
+    if impl == "grouped":
+        return _grouped_conv(x, kernel, stride)
+    c, _, _, c_in, _ = kernel.shape
+    if impl in ("loop", "einsum"):
+        # Unrolled at trace time: C ordinary convolutions on channel slices.
+        return jnp.concatenate(
+            [
+                layers.conv2d(x[..., j * c_in : (j + 1) * c_in], kernel[j], stride=stride)
+                for j in range(c)
+            ],
+            axis=-1,
+        )
+    return _to_grouped(_branch_conv(_from_grouped(x, c), kernel, stride, impl))
+
+
+def resnext_residual(
+    params: dict,
+    stats: dict,
+    x: Array,
+    *,
+    stride: int,
+    train: bool,
+    impl: str = "auto",
+    axis_name: str | None = None,
+) -> tuple[Array, dict]:
+    """The residual of a ResNeXt module: ``BN(sum_j conv3_j(h_j))`` on one stream.
+
+    ``h_j = ReLU(BN(conv3x3(ReLU(BN(conv1x1(x))))))`` is branch j's bottleneck. The
+    C bottlenecks are kept concatenated (the grouped layout ``[N,H,W,C*b]``,
+    branch-major), where per-branch BN is per-channel BN, so the sum of the C
+    last 1x1 convs is one dense 1x1 conv with the stacked ``conv3`` read as a
+    ``[C*b, c_out]`` matrix, followed by the one BN ``bn3 [c_out]``.
+
+    Args:
+      params, stats: a module's, from :func:`init_module` with ``per_branch_bn3=False``.
+      x: ``[N,H,W,c_in]``.
+      stride, train, impl, axis_name: as :func:`residual_functions`.
+
+    Returns:
+      ``(r, new_stats)`` with ``r: [N, H/stride, W/stride, c_out]``.
+    """
+    impl = resolve_branch_impl(impl)
+    if has_per_branch_bn3(params):
+        raise ValueError("resnext_residual needs one bn3 over c_out, got per-branch bn3")
+    bn = dict(train=train, axis_name=axis_name, axes=(0, 1, 2))
+    new_stats = dict(stats)
+    h = _fused_first_conv(x, params["conv1"])
+    h, new_stats["bn1"] = layers.batch_norm(h, params["bn1"], stats["bn1"], **bn)
+    h = _grouped_layout_conv(jax.nn.relu(h), params["conv2"], stride, impl)
+    h, new_stats["bn2"] = layers.batch_norm(h, params["bn2"], stats["bn2"], **bn)
+    c, kh, kw, b, c_out = params["conv3"].shape
+    h = layers.conv2d(jax.nn.relu(h), params["conv3"].reshape(kh, kw, c * b, c_out))
+    h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], **bn)
+    return h, new_stats
+
+
 def resnext_module(
     params: dict,
     stats: dict,
@@ -278,14 +396,21 @@ def resnext_module(
     impl: str = "auto",
     axis_name: str | None = None,
 ) -> tuple[Array, dict]:
-    """ResNeXt module on one stream: ``y = ReLU(S(x) + sum_j F(x; theta_j))``.
+    """ResNeXt module on one stream: ``y = ReLU(S(x) + R(x))``.
+
+    ``R`` is :func:`resnext_residual` (one BN after the sum of the branches) when
+    ``params["bn3"]`` is ``[c_out]``, and ``sum_j F(x; theta_j)`` (per-branch
+    last BNs, :func:`residual_functions`) when it is ``[C, c_out]``.
 
     ``x: [N,H,W,c_in]`` -> ``y: [N,H',W',c_out]``.
     """
     if x.ndim != 4:
         raise ValueError(f"resnext_module takes one stream [N,H,W,C], got shape {x.shape}")
-    f, stats = residual_functions(
-        params, stats, x, stride=stride, train=train, impl=impl, axis_name=axis_name
-    )
-    s, stats = shortcut(params, stats, x, stride=stride, train=train, axis_name=axis_name)
-    return jax.nn.relu(s + f.sum(axis=0)), stats
+    common = dict(stride=stride, train=train, axis_name=axis_name)
+    if has_per_branch_bn3(params):
+        f, stats = residual_functions(params, stats, x, impl=impl, **common)
+        r = f.sum(axis=0)
+    else:
+        r, stats = resnext_residual(params, stats, x, impl=impl, **common)
+    s, stats = shortcut(params, stats, x, **common)
+    return jax.nn.relu(s + r), stats

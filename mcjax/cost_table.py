@@ -26,14 +26,15 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 def summarize(config) -> dict:
     """The summary as a JSON-able dict (``params_train``, ``flops_per_image``, ``modules``)."""
     net = from_config.network(config)
-    per_block = net.connectivity != "full"
     kwargs = dict(
         image_size=int(config.data.image_size),
         in_channels=int(config.data.channels),
         num_classes=int(config.data.num_classes),
+        per_block_inputs=net.connectivity != "full",
+        per_branch_bn=net.per_branch_bn3,
     )
-    rows = costs.module_costs(net.arch, per_block_inputs=per_block, **kwargs)
-    totals = costs.network_costs(net.arch, per_block_inputs=per_block, **kwargs)
+    rows = costs.module_costs(net.arch, **kwargs)
+    totals = costs.network_costs(net.arch, **kwargs)
     return {
         "arch": net.arch.name,
         "stem": net.arch.stem,
@@ -41,6 +42,7 @@ def summarize(config) -> dict:
         "cardinality": net.arch.cardinality,
         "connectivity": net.connectivity,
         "fan_in": None if net.connectivity == "full" else net.fan_in,
+        "per_branch_bn": net.per_branch_bn3,
         "image_size": kwargs["image_size"],
         "num_classes": kwargs["num_classes"],
         "params_train": totals["params"],
@@ -58,6 +60,7 @@ def format_table(summary: dict) -> str:
         f"{summary['arch']}  (D={summary['depth']}, C={summary['cardinality']}, "
         f"{summary['connectivity']}"
         + (f", K={summary['fan_in']}" if summary["fan_in"] else "")
+        + ("" if summary["per_branch_bn"] else ", one BN after the branches")
         + f", {summary['image_size']}x{summary['image_size']} input, stem {summary['stem']})",
         header,
         "-" * len(header),

@@ -10,7 +10,12 @@ Conventions:
 
 In the per-block-input modes (``learned``, ``random``, ``real``) a module's
 shared projection runs once per block input (C times, except in module 1 whose
-blocks share the stem's output); in ``full`` once per module.
+blocks share the stem's output); in ``full`` once per module. Those modes keep
+one BN per block after its last 1x1 conv (``C * c_out`` scales and biases per
+module); ``full`` is ResNeXt, with one BN after the sum (``c_out``), unless it
+is the per-branch-BN ablation (``per_branch_bn=True``). The paper's
+Params-Train figures (0.28M for ``20,4,8``, 0.86M for ``29,8,8``) count
+per-branch BNs; ResNeXt's form of those networks has 0.27M and 0.84M.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def module_costs(
     in_channels: int = 3,
     num_classes: int,
     per_block_inputs: bool = True,
+    per_branch_bn: bool | None = None,
 ) -> list[ModuleCost]:
     """Per-part costs: stem, every module, head.
 
@@ -61,7 +67,13 @@ def module_costs(
       in_channels: channels of the input images.
       num_classes: outputs of the head.
       per_block_inputs: True for the masked modes, False for ``full``.
+      per_branch_bn: one BN per block after its last 1x1 conv (True) or one per
+        module after the sum (False); default ``per_block_inputs`` (the masked
+        modes have per-branch BNs; ``full`` is ResNeXt). See
+        :attr:`mcjax.models.Network.per_branch_bn3`.
     """
+    if per_branch_bn is None:
+        per_branch_bn = per_block_inputs
     rows = []
     kernel = 7 if arch.stem == "imagenet" else 3
     size = _out_size(image_size, 2 if arch.stem == "imagenet" else 1)
@@ -76,7 +88,13 @@ def module_costs(
     )
     for index, spec in enumerate(arch.modules):
         out = _out_size(size, spec.stride)
-        params, macs = _module(spec, size, out, shared_input=index == 0 or not per_block_inputs)
+        params, macs = _module(
+            spec,
+            size,
+            out,
+            shared_input=index == 0 or not per_block_inputs,
+            per_branch_bn=per_branch_bn,
+        )
         rows.append(
             ModuleCost(
                 f"module {index + 1}",
@@ -108,11 +126,14 @@ def module_costs(
     return rows
 
 
-def _module(spec: ModuleSpec, size: int, out: int, *, shared_input: bool) -> tuple[int, int]:
+def _module(
+    spec: ModuleSpec, size: int, out: int, *, shared_input: bool, per_branch_bn: bool
+) -> tuple[int, int]:
     c, cin, b, cout = spec.cardinality, spec.in_channels, spec.bottleneck, spec.out_channels
-    block_params = cin * b + 9 * b * b + b * cout + 2 * (b + b + cout)
+    block_params = cin * b + 9 * b * b + b * cout + 2 * (b + b)
     block_macs = size * size * cin * b + out * out * (9 * b * b + b * cout)
     params, macs = c * block_params, c * block_macs
+    params += 2 * cout * (c if per_branch_bn else 1)
     if spec.has_projection:
         params += cin * cout + 2 * cout
         macs += (1 if shared_input else c) * out * out * cin * cout
@@ -126,14 +147,16 @@ def network_costs(
     in_channels: int = 3,
     num_classes: int,
     per_block_inputs: bool = True,
+    per_branch_bn: bool | None = None,
 ) -> dict:
-    """Totals: ``{"params": int, "flops_per_image": int}``."""
+    """Totals: ``{"params": int, "flops_per_image": int}`` (arguments as :func:`module_costs`)."""
     rows = module_costs(
         arch,
         image_size=image_size,
         in_channels=in_channels,
         num_classes=num_classes,
         per_block_inputs=per_block_inputs,
+        per_branch_bn=per_branch_bn,
     )
     return {
         "params": int(sum(r.params for r in rows)),

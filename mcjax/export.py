@@ -103,6 +103,7 @@ def save(
         "connectivity": net.connectivity,
         "fan_in": net.fan_in,
         "aggregation": net.aggregation,
+        "full_per_branch_bn": net.full_per_branch_bn,
         "dtype": jnp.dtype(net.dtype).name,
         "crop": crop,
     }
@@ -129,6 +130,14 @@ def load(path: str) -> LoadedModel:
         stem_channels=arch_desc["stem_channels"],
         modules=tuple(ModuleSpec(**m) for m in arch_desc["modules"]),
     )
+    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
+        tree = _unflatten({k: data[k] for k in data.files})
+    per_branch_bn = description.get("full_per_branch_bn")
+    if per_branch_bn is None:  # written before the field existed: read the layout
+        per_branch_bn = (
+            description["connectivity"] == "full"
+            and tree["params"]["modules"][0]["bn3"]["scale"].ndim == 2
+        )
     net = models.Network(
         arch=arch,
         num_classes=description["num_classes"],
@@ -137,9 +146,8 @@ def load(path: str) -> LoadedModel:
         fan_in=description["fan_in"],
         aggregation=description["aggregation"],
         dtype=DTYPES[description["dtype"]],
+        full_per_branch_bn=bool(per_branch_bn),
     )
-    with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
-        tree = _unflatten({k: data[k] for k in data.files})
     connectivity = tree.get("connectivity")
     return LoadedModel(
         net=net,

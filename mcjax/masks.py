@@ -19,6 +19,8 @@ Every function here is pure; all randomness comes from an explicit key.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -156,35 +158,43 @@ def full(shape: tuple[int, ...], *, dtype=jnp.float32) -> Array:
     return jnp.ones(shape, dtype)
 
 
-@jax.custom_vjp
-def aggregate(real_masks: Array, binary_masks: Array, branch_outputs: Array) -> Array:
+def aggregate(
+    real_masks: Array, binary_masks: Array, branch_outputs: Array, *, scale: float = 1.0
+) -> Array:
     """Mixes branch outputs through binary masks, with a straight-through gradient.
 
-    Forward (paper Eq. 2): ``out[j] = sum_k binary_masks[j, k] * branch_outputs[k]``.
+    Forward (paper Eq. 2): ``out[j] = scale * sum_k binary_masks[j, k] * branch_outputs[k]``.
 
     Backward (paper Sec. 2.2, as in BinaryConnect): with ``g = d loss / d out``,
 
-    * ``real_masks`` receives ``<g[j], branch_outputs[k]>`` (the gradient with
-      respect to the *binary* entry, summed over every other axis), so that the
-      real-valued masks are what the optimizer updates;
-    * ``branch_outputs`` receives ``sum_j binary_masks[j, k] * g[j]``;
+    * ``real_masks`` receives ``scale * <g[j], branch_outputs[k]>`` (the gradient
+      with respect to the *binary* entry, summed over every other axis), so that
+      the real-valued masks are what the optimizer updates;
+    * ``branch_outputs`` receives ``scale * sum_j binary_masks[j, k] * g[j]``;
     * ``binary_masks`` receives zero.
 
     Passing the real-valued masks as ``binary_masks`` as well (the paper's
-    real-valued ablation) gives the exact gradient of ``real_masks @ y``.
+    real-valued ablation) gives the exact gradient of ``scale * real_masks @ y``.
 
     Args:
       real_masks: ``[C_out, C_in]`` real-valued masks (only their gradient is used).
       binary_masks: ``[C_out, C_in]`` masks used in the forward pass.
       branch_outputs: ``[C_in, ...]``, the branch axis first, any dtype.
+      scale: a constant factor (``aggregation="mean"``: ``1 / K``), folded into the
+        mix so that it costs no pass of its own over the C outputs.
 
     Returns:
       ``[C_out, ...]`` in the dtype of ``branch_outputs``.
     """
-    return _mix(binary_masks, branch_outputs)
+    return _aggregate(float(scale), real_masks, binary_masks, branch_outputs)
 
 
-def _mix(binary_masks: Array, branch_outputs: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _aggregate(scale: float, real_masks: Array, binary_masks: Array, branch_outputs: Array):
+    return _mix(binary_masks, branch_outputs, scale)
+
+
+def _mix(binary_masks: Array, branch_outputs: Array, scale: float) -> Array:
     if binary_masks.ndim != 2:
         raise ValueError(f"masks must be [C_out, C_in], got shape {binary_masks.shape}")
     if binary_masks.shape[1] != branch_outputs.shape[0]:
@@ -194,30 +204,37 @@ def _mix(binary_masks: Array, branch_outputs: Array) -> Array:
         )
     flat = branch_outputs.reshape(branch_outputs.shape[0], -1)
     out = jnp.matmul(
-        binary_masks.astype(branch_outputs.dtype), flat, preferred_element_type=jnp.float32
+        _scaled(binary_masks, scale).astype(branch_outputs.dtype),
+        flat,
+        preferred_element_type=jnp.float32,
     )
     return out.astype(branch_outputs.dtype).reshape(
         (binary_masks.shape[0], *branch_outputs.shape[1:])
     )
 
 
-def _aggregate_fwd(real_masks, binary_masks, branch_outputs):
+def _scaled(x: Array, scale: float) -> Array:
+    return x if scale == 1.0 else x * jnp.asarray(scale, x.dtype)
+
+
+def _aggregate_fwd(scale, real_masks, binary_masks, branch_outputs):
     if real_masks.shape != binary_masks.shape:
         raise ValueError(
             f"real_masks {real_masks.shape} and binary_masks {binary_masks.shape} "
             "must have the same shape"
         )
-    return _mix(binary_masks, branch_outputs), (real_masks, binary_masks, branch_outputs)
+    residuals = (real_masks, binary_masks, branch_outputs)
+    return _mix(binary_masks, branch_outputs, scale), residuals
 
 
-def _aggregate_bwd(residuals, g):
+def _aggregate_bwd(scale, residuals, g):
     real_masks, binary_masks, branch_outputs = residuals
     flat_g = g.reshape(g.shape[0], -1)
     flat_y = branch_outputs.reshape(branch_outputs.shape[0], -1)
     # All C_out x C_in inner products <g_j, y_k> in one contraction.
-    d_real = jnp.matmul(flat_g, flat_y.T, preferred_element_type=jnp.float32)
+    d_real = _scaled(jnp.matmul(flat_g, flat_y.T, preferred_element_type=jnp.float32), scale)
     d_outputs = jnp.matmul(
-        binary_masks.astype(g.dtype).T, flat_g, preferred_element_type=jnp.float32
+        _scaled(binary_masks, scale).astype(g.dtype).T, flat_g, preferred_element_type=jnp.float32
     )
     return (
         d_real.astype(real_masks.dtype),
@@ -226,7 +243,7 @@ def _aggregate_bwd(residuals, g):
     )
 
 
-aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
+_aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
 
 
 def inclusion_probabilities(real_masks: Array, k: int) -> Array:

@@ -41,13 +41,23 @@ def _conv_and_dot_flops(jaxpr) -> int:
 
 
 @pytest.mark.parametrize(
-    "arch_name, connectivity, size",
-    [("20,2,4", "learned", 16), ("20,2,4", "full", 16), ("11,4,2", "random", 24)],
+    "arch_name, connectivity, size, per_branch_bn",
+    [
+        ("20,2,4", "learned", 16, False),
+        ("20,2,4", "full", 16, False),
+        ("20,2,4", "full", 16, True),
+        ("11,4,2", "random", 24, False),
+    ],
 )
-def test_counts_match_the_traced_network(arch_name, connectivity, size):
+def test_counts_match_the_traced_network(arch_name, connectivity, size, per_branch_bn):
     arch = get_architecture(arch_name)
     net = models.Network(
-        arch, num_classes=7, connectivity=connectivity, fan_in=2, branch_impl="loop"
+        arch,
+        num_classes=7,
+        connectivity=connectivity,
+        fan_in=2,
+        branch_impl="loop",
+        full_per_branch_bn=per_branch_bn,
     )
     variables = jax.eval_shape(lambda: models.init(jax.random.key(0), net))
     conn = None if connectivity == "full" else jnp.ones(net.masks_shape)
@@ -58,7 +68,11 @@ def test_counts_match_the_traced_network(arch_name, connectivity, size):
 
     jaxpr = jax.make_jaxpr(forward)(variables["params"], variables["batch_stats"]).jaxpr
     predicted = costs.network_costs(
-        arch, image_size=size, num_classes=7, per_block_inputs=connectivity != "full"
+        arch,
+        image_size=size,
+        num_classes=7,
+        per_block_inputs=connectivity != "full",
+        per_branch_bn=net.per_branch_bn3,
     )
     assert predicted["flops_per_image"] == _conv_and_dot_flops(jaxpr)
     assert predicted["params"] == costs.count_params(variables["params"])
@@ -109,3 +123,22 @@ def test_summary_table_and_bad_arch():
     )
     assert result.returncode == 2 and "depth" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arch_name, per_branch, resnext",
+    [("20,4,8", "0.28M", "0.27M"), ("29,8,8", "0.86M", "0.84M")],
+)
+def test_params_train_of_table_1_count_per_branch_bns(arch_name, per_branch, resnext):
+    """The paper's Params-Train (Table 1, CIFAR-100) is the same for every mode, and
+    matches per-branch last BNs; ResNeXt's one BN per module has fewer."""
+
+    def millions(**kw):
+        count = costs.network_costs(
+            get_architecture(arch_name), image_size=32, num_classes=100, **kw
+        )["params"]
+        return f"{count / 1e6:.2f}M"
+
+    assert millions(per_block_inputs=True) == per_branch
+    assert millions(per_block_inputs=False, per_branch_bn=True) == per_branch
+    assert millions(per_block_inputs=False) == resnext

@@ -289,6 +289,24 @@ def test_aggregate_gradient_is_straight_through():
     chex.assert_trees_all_close(jitted, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [0.25, 1.0 / 3.0])
+def test_aggregate_scale_is_a_factor_on_the_output_and_the_gradients(scale):
+    real, binary, outputs = _aggregate_inputs()
+
+    def scaled_loss(r, y):
+        return _loss(masks.aggregate(r, binary, y, scale=scale))
+
+    def reference_loss(r, y):
+        return _loss(scale * _straight_through_reference(r, binary, y))
+
+    out = masks.aggregate(real, binary, outputs, scale=scale)
+    expected = scale * jnp.einsum("jk,k...->j...", binary, outputs)
+    chex.assert_trees_all_close(out, expected, rtol=1e-6, atol=1e-6)
+    grads = jax.jit(jax.grad(scaled_loss, argnums=(0, 1)))(real, outputs)
+    ref = jax.grad(reference_loss, argnums=(0, 1))(real, outputs)
+    chex.assert_trees_all_close(grads, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_aggregate_with_real_masks_as_binary_is_exact():
     # The real-valued ablation: the exact gradient of real @ y.
     real, _, outputs = _aggregate_inputs()

@@ -169,8 +169,9 @@ def _ref_max_pool(x):
     return functools.reduce(jnp.maximum, windows)
 
 
-def _ref_block(params, stats, j, x, stride, train):
-    """F(x; theta_j) = BN3(conv3(relu(BN2(conv2(relu(BN1(conv1 x)))))))."""
+def _ref_block(params, stats, j, x, stride, train, *, bn3=True):
+    """F(x; theta_j) = BN3(conv3(relu(BN2(conv2(relu(BN1(conv1 x))))))); without BN3
+    when ``bn3`` is False (ResNeXt's one BN comes after the sum of the branches)."""
 
     def take(tree):
         return jax.tree_util.tree_map(lambda a: a[j], tree)
@@ -180,19 +181,21 @@ def _ref_block(params, stats, j, x, stride, train):
     h = _ref_conv(jax.nn.relu(h), params["conv2"][j], stride)
     h, s2 = _ref_bn(h, take(params["bn2"]), take(stats["bn2"]), train)
     h = _ref_conv(jax.nn.relu(h), params["conv3"][j])
+    if not bn3:
+        return h, {"bn1": s1, "bn2": s2}
     h, s3 = _ref_bn(h, take(params["bn3"]), take(stats["bn3"]), train)
     return h, {"bn1": s1, "bn2": s2, "bn3": s3}
 
 
-def _ref_module(params, stats, inputs, stride, train):
+def _ref_module(params, stats, inputs, stride, train, *, bn3=True):
     """The C residual functions of per-block ``inputs`` and the shared shortcut of each."""
     outs, block_stats = zip(
-        *[_ref_block(params, stats, j, x, stride, train) for j, x in enumerate(inputs)],
+        *[_ref_block(params, stats, j, x, stride, train, bn3=bn3) for j, x in enumerate(inputs)],
         strict=True,
     )
     new_stats = {
         name: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[s[name] for s in block_stats])
-        for name in ("bn1", "bn2", "bn3")
+        for name in block_stats[0]
     }
     if "shortcut" in params:
         # One projection per module; with per-block inputs its BN statistics are
@@ -225,8 +228,13 @@ def _reference_apply(arch, params, stats, images, mixing, train, aggregation="su
         zip(arch.modules, params["modules"], stats["modules"], strict=True)
     ):
         c = spec.cardinality
-        if mixing is None:
-            # ResNeXt: y = relu(S(x) + sum_j F_j(x)), one stream.
+        if mixing is None and p["bn3"]["scale"].ndim == 1:
+            # ResNeXt: y = relu(S(x) + BN3(sum_j conv3_j(h_j))), one stream.
+            fs, ss, ns = _ref_module(p, s, [x] * c, spec.stride, train, bn3=False)
+            r, ns["bn3"] = _ref_bn(sum(fs), p["bn3"], s["bn3"], train)
+            x = jax.nn.relu(ss[0] + r)
+        elif mixing is None:
+            # The per-branch-BN ablation: y = relu(S(x) + sum_j F_j(x)), one stream.
             fs, ss, ns = _ref_module(p, s, [x] * c, spec.stride, train)
             x = jax.nn.relu(ss[0] + sum(fs))
         else:
@@ -290,9 +298,10 @@ def _assert_close(actual, expected, rtol, label=""):
 # --- Against the references -------------------------------------------------------
 
 
+@pytest.mark.parametrize("per_branch_bn", [False, True])
 @pytest.mark.parametrize("train", [True, False])
-def test_full_is_the_resnext_module(train):
-    net = _net("full")
+def test_full_is_the_resnext_module(train, per_branch_bn):
+    net = _net("full", full_per_branch_bn=per_branch_bn)
     params, stats = _variables(net)
     if train:
         (_, (logits, new_stats)), _ = _library_grad(net)(params, stats, IMAGES, None)
@@ -379,13 +388,15 @@ def test_real_mode_gradient_is_exact():
 # --- Branch formulations --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["learned", "full"])
+@pytest.mark.parametrize("mode", ["learned", "full", "full_per_branch_bn"])
 def test_branch_formulations_agree(mode):
-    params, stats = _variables(_net(mode))
+    kwargs = {"full_per_branch_bn": True} if mode == "full_per_branch_bn" else {}
+    mode = mode.removesuffix("_per_branch_bn")
+    params, stats = _variables(_net(mode, **kwargs))
     binary = _binary(params) if mode == "learned" else None
     results = {}
     for impl in IMPLS:
-        net = _net(mode, impl)
+        net = _net(mode, impl, **kwargs)
         (_, (logits, new_stats)), grads = _library_grad(net)(params, stats, IMAGES, binary)
         results[impl] = (logits, new_stats, grads)
     logits, new_stats, grads = results["loop"]
@@ -406,10 +417,10 @@ def _param_count(net):
 
 
 @pytest.mark.parametrize("arch", [ARCH, get_architecture("20,4,8")], ids=["tiny", "20,4,8"])
-def test_all_modes_have_the_same_parameters(arch):
+def test_masked_modes_and_per_branch_bn_full_have_the_same_parameters(arch):
     counts = {}
     for mode in models.CONNECTIVITIES:
-        net = _net(mode, arch=arch)
+        net = _net(mode, arch=arch, full_per_branch_bn=True)
         counts[mode], variables = _param_count(net)
         assert ("masks" in variables["params"]) == (mode in ("learned", "real"))
         if "masks" in variables["params"]:
@@ -417,6 +428,13 @@ def test_all_modes_have_the_same_parameters(arch):
                 variables["params"]["masks"], (arch.num_modules - 1, *arch.mask_shapes[0])
             )
     assert len(set(counts.values())) == 1, counts
+    # ResNeXt's form: one BN (scale and bias) over c_out per module instead of C.
+    fewer = sum(2 * m.out_channels * (m.cardinality - 1) for m in arch.modules)
+    resnext, variables = _param_count(_net("full", arch=arch))
+    assert resnext == counts["learned"] - fewer
+    for module, spec in zip(variables["params"]["modules"], arch.modules, strict=True):
+        assert module["bn3"]["scale"].shape == (spec.out_channels,)
+        assert module["conv3"].shape == (spec.cardinality, 1, 1, spec.bottleneck, spec.out_channels)
 
 
 def test_modes_share_weights_for_the_same_key():
@@ -424,8 +442,51 @@ def test_modes_share_weights_for_the_same_key():
     for mode in models.CONNECTIVITIES:
         params = _jit_init(_net(mode))(jax.random.key(0))["params"]
         weights[mode] = {k: v for k, v in params.items() if k != "masks"}
-    for mode in ("full", "random", "real"):
+    weights["full_per_branch_bn"] = _jit_init(_net("full", full_per_branch_bn=True))(
+        jax.random.key(0)
+    )["params"]
+    for mode in ("random", "real", "full_per_branch_bn"):
         chex.assert_trees_all_equal(weights[mode], weights["learned"])
+
+    def without_bn3(params):
+        return dict(
+            params, modules=[{k: v for k, v in m.items() if k != "bn3"} for m in params["modules"]]
+        )
+
+    chex.assert_trees_all_equal(without_bn3(weights["full"]), without_bn3(weights["learned"]))
+
+
+def test_per_branch_bn_full_with_split_statistics_is_resnext_in_eval():
+    """One BN after the sum equals per-branch BNs whose scale and variance are the one
+    BN's and whose bias and mean are the one BN's divided by C (docs/design.md §2)."""
+    net = _net("full")
+    params, stats = _variables(net)
+    split_params = dict(params, modules=[])
+    split_stats = dict(stats, modules=[])
+    for p, s in zip(params["modules"], stats["modules"], strict=True):
+        c = p["conv1"].shape[0]
+
+        def per_branch(v, divide, c=c):
+            return jnp.broadcast_to(v / (c if divide else 1), (c, v.shape[0]))
+
+        bn3 = {
+            "scale": per_branch(p["bn3"]["scale"], False),
+            "bias": per_branch(p["bn3"]["bias"], True),
+        }
+        bn3_stats = {
+            "mean": per_branch(s["bn3"]["mean"], True),
+            "var": per_branch(s["bn3"]["var"], False),
+        }
+        split_params["modules"].append(dict(p, bn3=bn3))
+        split_stats["modules"].append(dict(s, bn3=bn3_stats))
+    logits, _ = _library_forward(net, False)(params, stats, IMAGES, None)
+    split_logits, _ = _library_forward(_net("full", full_per_branch_bn=True), False)(
+        split_params, split_stats, IMAGES, None
+    )
+    assert float(jnp.std(logits)) > 0.1
+    chex.assert_trees_all_close(split_logits, logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="full_per_branch_bn"):
+        _library_forward(net, False)(split_params, split_stats, IMAGES, None)
 
 
 def test_learned_with_k_equal_c_samples_all_ones():
@@ -635,3 +696,42 @@ def test_zero_init_residual_makes_every_block_its_shortcut():
         )
         same = bool(jnp.allclose(y, jax.nn.relu(shortcut)[None].repeat(4, 0)))
         assert same == zero
+        # ResNeXt's form: the one BN after the sum starts at 0, the module as its shortcut.
+        full = models.Network(arch, num_classes=3, connectivity="full", zero_init_residual=zero)
+        variables = models.init(jax.random.key(0), full)
+        y, _ = blocks.resnext_module(
+            variables["params"]["modules"][0],
+            variables["batch_stats"]["modules"][0],
+            x,
+            stride=spec.stride,
+            train=True,
+        )
+        assert bool(jnp.allclose(y, jax.nn.relu(shortcut))) == zero
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_loop_with_branches_apart_is_the_stacked_loop(monkeypatch, shared):
+    """The two layouts of ``impl="loop"`` compute the same function and gradients."""
+    spec = ARCH.modules[1]
+    params, stats = blocks.init_module(jax.random.key(0), spec)
+    params = jax.tree.map(lambda a: a * 1.3 + 0.1, params)  # BN scale/bias off their init
+    shape = (2, 8, 8, spec.in_channels) if shared else (C, 2, 8, 8, spec.in_channels)
+    x = jax.random.normal(jax.random.key(1), shape)
+
+    def run(apart):
+        monkeypatch.setattr(blocks, "_LOOP_KEEPS_BRANCHES_APART", apart)
+
+        def loss(params, x):
+            f, new_stats = blocks.residual_functions(
+                params, stats, x, stride=spec.stride, train=True, impl="loop"
+            )
+            return _loss(f), (f, new_stats)
+
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+
+    (_, (f, new_stats)), grads = run(True)
+    (_, (ref_f, ref_stats)), ref_grads = run(False)
+    assert float(jnp.std(ref_f)) > 0.1
+    _assert_close(f, ref_f, 1e-5)
+    _assert_close(new_stats, ref_stats, 1e-5)
+    _assert_close(grads, ref_grads, 1e-5)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from mcjax import costs, masks, models, prune
+from mcjax import costs, export, masks, models, prune
 from mcjax.architectures import get_architecture
 
 
@@ -89,3 +89,30 @@ def test_full_connectivity_prunes_nothing():
     learned = models.Network(get_architecture("11,2,4"), num_classes=3)
     with pytest.raises(ValueError, match="needs its masks"):
         prune.prune(learned, variables["params"], variables["batch_stats"], None)
+
+
+@pytest.mark.parametrize("per_branch_bn", [False, True])
+def test_full_model_saves_and_loads(tmp_path, per_branch_bn):
+    """A ``full`` model (ResNeXt's one BN, or the per-branch ablation) survives export."""
+    net = models.Network(
+        get_architecture("11,2,4"),
+        num_classes=3,
+        connectivity="full",
+        full_per_branch_bn=per_branch_bn,
+    )
+    variables = models.init(jax.random.key(0), net)
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
+    # One training-mode pass moves the BN statistics off their init.
+    _, stats = models.apply(
+        net, variables["params"], variables["batch_stats"], images, connectivity=None, train=True
+    )
+    params = jax.tree.map(lambda a: a + 0.1, variables["params"])  # a head that is not zero
+    pruned = prune.prune(net, params, stats, None)
+    export.save(str(tmp_path), pruned.net, pruned.params, pruned.batch_stats, None, mean_image=0.0)
+    model = export.load(str(tmp_path))
+    assert model.net == net
+    uint8 = np.asarray(jax.random.randint(jax.random.key(2), (4, 8, 8, 3), 0, 256), np.uint8)
+    expected, _ = models.apply(
+        net, params, stats, uint8.astype(np.float32) / 255.0, connectivity=None, train=False
+    )
+    np.testing.assert_allclose(export.predict(model, uint8), expected, rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ __all__ = ["data_input", "network"]
 
 
 def _zero_init_residual(model) -> bool:
-    value = model.get("zero_init_residual", "auto")
+    value = model.get("zero_init_residual", False)
     if value == "auto":
         return model.connectivity == "full"
     if not isinstance(value, bool):
@@ -37,6 +37,7 @@ def network(config) -> Network:
         mask_init=float(model.mask_init),
         dtype=DTYPES[model.dtype],
         zero_init_residual=_zero_init_residual(model),
+        full_per_branch_bn=bool(model.get("full_per_branch_bn", False)),
     )
 
 

@@ -73,13 +73,13 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
     pruned = prune.prune(
         net, state.params, state.batch_stats, None if conn is None else np.asarray(conn)
     )
-    per_block = net.connectivity != "full"
     size, channels = int(config.data.image_size), int(config.data.channels)
     kw = dict(
         image_size=size,
         in_channels=channels,
         num_classes=net.num_classes,
-        per_block_inputs=per_block,
+        per_block_inputs=net.connectivity != "full",
+        per_branch_bn=net.per_branch_bn3,
     )
     before = costs.network_costs(net.arch, **kw)
     after = costs.network_costs(pruned.net.arch, **kw)

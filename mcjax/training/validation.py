@@ -71,8 +71,9 @@ _MASKED_CONNECTIVITIES = ("learned", "real")  # the ones with trainable masks
 MODEL_DATA_FIELDS = ("name", "num_classes", "image_size", "channels")
 
 # config.model fields that may change on resume: they choose how the same function of
-# the same parameters is computed (mcjax.blocks.BRANCH_IMPLS; parameters stay float32).
-RESUMABLE_MODEL_FIELDS = ("branch_impl", "dtype")
+# the same parameters is computed (mcjax.blocks.BRANCH_IMPLS; parameters stay float32),
+# or only the initial values, which a resumed run reads from its checkpoint.
+RESUMABLE_MODEL_FIELDS = ("branch_impl", "dtype", "zero_init_residual")
 
 _MISSING = object()
 
@@ -243,6 +244,8 @@ class _Checker:
                 zero_init,
                 "'auto' (on for connectivity 'full' only), True or False",
             )
+
+        self.boolean("model.full_per_branch_bn")
 
         fan_in = self.present("model.fan_in", "an int K with 1 <= K <= C")
         if fan_in is not _MISSING:
