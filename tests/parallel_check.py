@@ -21,12 +21,12 @@ from mcjax.architectures import get_architecture
 from mcjax.training import loop
 
 
-def run(mesh, steps, learn_masks):
+def run(mesh, steps, frozen):
     """``steps`` steps on ``mesh``, or without shard_map at all when ``mesh`` is None."""
     net = models.Network(get_architecture("11,2,4"), num_classes=5, fan_in=2)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
     state = loop.create_state(net, tx, jax.random.key(0))
-    static = dict(net=net, tx=tx, key=jax.random.key(1), learn_masks=learn_masks)
+    static = dict(net=net, tx=tx, key=jax.random.key(1), frozen=frozen)
     if mesh is None:
         step = jax.jit(functools.partial(loop.train_step, **static))
     else:
@@ -53,9 +53,9 @@ def main():
     result = {"devices": len(devices)}
     for learn in (True, False):
         tag = "learn" if learn else "fixed"
-        plain, m_plain = run(None, 2, learn)
+        plain, m_plain = run(None, 2, not learn)
         for label, mesh in ((f"{len(devices)}dev", parallel.make_mesh(devices)),):
-            state, metrics = run(mesh, 2, learn)
+            state, metrics = run(mesh, 2, not learn)
             for name in ("params", "batch_stats"):
                 diffs = jax.tree.map(rel, getattr(state, name), getattr(plain, name))
                 result[f"{tag}/{label}/{name}"] = max(jax.tree.leaves(diffs))

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from test_train import digits_config
 
-from mcjax.training import loop, preemption, run_outputs
+from mcjax.training import from_config, loop, preemption, run_outputs
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -109,7 +109,7 @@ def _steps(workdir) -> list[int]:
 
 
 def _template(config):
-    net = loop.build.network(config)
+    net = from_config.network(config)
     tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
     return loop.create_state(net, tx, jax.random.key(0))
 

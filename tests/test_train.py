@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
 from mcjax import masks
-from mcjax.training import loop
+from mcjax.training import from_config, loop
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -95,10 +95,11 @@ def _check_outputs(workdir, expected_test_examples):
 def test_digits_end_to_end_with_pruned_model(digits_run):
     _, workdir, summary = digits_run
     _check_outputs(workdir, expected_test_examples=360)  # 360 = 60 batches of 6
-    from mcjax import datasets, export
+    from mcjax import export
+    from mcjax.data import sources
 
     model = export.load(str(workdir / "pruned_model"))
-    data = datasets.load_digits()
+    data = sources.load_digits()
     logits = export.predict(model, data.test_images)
     accuracy = float((np.argmax(logits, -1) == data.test_labels).mean())
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
@@ -160,7 +161,8 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
     summary = _check_outputs_after(config, tmp_path / "run", 7)
     assert 0.0 <= summary["test_accuracy_top5"] <= 1.0
     assert summary["test_accuracy_top5"] >= summary["test_accuracy"]
-    from mcjax import export, imagenet_input
+    from mcjax import export
+    from mcjax.data import streaming as imagenet_input
 
     model = export.load(str(tmp_path / "run" / "pruned_model"))  # ImageNet's per-channel std
     np.testing.assert_array_equal(model.std, imagenet_input.IMAGENET_STD)
@@ -196,7 +198,7 @@ def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
     final = _json(workdir / "connectivity.json")
     assert frozen["step"] == 9
 
-    net = loop.build.network(config)
+    net = from_config.network(config)
     tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
     template = loop.create_state(net, tx, jax.random.key(0))
     checkpoints = Checkpointer(str(workdir))
@@ -206,7 +208,8 @@ def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
     for index, module in enumerate(frozen["modules"][1:]):
         np.testing.assert_array_equal(module["binary"], expected[index])
         np.testing.assert_array_equal(final["modules"][index + 1]["binary"], expected[index])
-    np.testing.assert_array_equal(last.connectivity, expected)
+    np.testing.assert_array_equal(last.fixed_masks, expected)
+    assert bool(last.masks_frozen) and not bool(end_of_phase_1.masks_frozen)
     # Frozen masks never move again.
     np.testing.assert_array_equal(last.params["masks"], end_of_phase_1.params["masks"])
     records = read_records(workdir / "metrics.jsonl")

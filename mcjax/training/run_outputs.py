@@ -123,7 +123,7 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
 
 def _figures(workdir, net, conn, live):
     try:
-        from mcjax import plots
+        from mcjax.figures import plots
     except ImportError as error:  # pragma: no cover - matplotlib is a dependency
         logging.warning("no figures: %s", error)
         return
