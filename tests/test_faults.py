@@ -22,7 +22,6 @@ import fake_data
 import jax
 import numpy as np
 import pytest
-from test_train import digits_config
 
 from mcjax.training import from_config, loop, preemption, run_outputs
 from mcjax.training.checkpoint import Checkpointer
@@ -121,14 +120,8 @@ def _resume(config, workdir) -> dict:
     return summary
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The tiny digits run of TINY_FLAGS, in this process: (config, workdir, digest)."""
-    workdir = tmp_path_factory.mktemp("whole")
-    config = digits_config()
-    summary = loop.train_and_evaluate(config, str(workdir))
-    assert _steps(workdir) == [3, 6, 9, 12, 14, 15, 18, 21, 22]
-    return config, workdir, summary["state_digest"]
+# The tiny digits run of TINY_FLAGS, in this process: the ``uninterrupted`` fixture of
+# tests/conftest.py (shared with tests/test_run_safety.py).
 
 
 def test_sigterm_saves_exits_75_and_resumes(uninterrupted, tmp_path):
