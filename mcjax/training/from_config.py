@@ -5,25 +5,31 @@ from __future__ import annotations
 from mcjax.architectures import get_architecture
 from mcjax.models import DTYPES, Network
 
-__all__ = ["network"]
+__all__ = ["compute_dtype", "network", "zero_init_residual"]
 
 
-def _zero_init_residual(model) -> bool:
-    value = model.get("zero_init_residual", "auto")
-    if value == "auto":
-        return model.connectivity == "full"
+def zero_init_residual(value, *, connectivity: str) -> bool:
+    """``config.model.zero_init_residual``: ``'auto'`` (on for ``full`` only), True or False."""
+    if isinstance(value, str) and value == "auto":
+        return connectivity == "full"
     if not isinstance(value, bool):
         raise ValueError(
-            f"config.model.zero_init_residual must be 'auto', True or False, got {value!r}"
+            "zero_init_residual must be 'auto' (on for connectivity 'full' only), True or "
+            f"False, got {value!r}"
         )
     return value
+
+
+def compute_dtype(name: str):
+    """``config.model.dtype``: a name of :data:`mcjax.models.DTYPES`."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def network(config) -> Network:
     """The :class:`~mcjax.models.Network` that ``config.model`` and ``config.data`` describe."""
     model, data = config.model, config.data
-    if model.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {model.dtype!r}")
     arch = get_architecture(model.arch, stem=model.stem or None)
     return Network(
         arch=arch,
@@ -34,6 +40,8 @@ def network(config) -> Network:
         aggregation=model.aggregation,
         branch_impl=model.branch_impl,
         mask_init=float(model.mask_init),
-        dtype=DTYPES[model.dtype],
-        zero_init_residual=_zero_init_residual(model),
+        dtype=compute_dtype(model.dtype),
+        zero_init_residual=zero_init_residual(
+            model.get("zero_init_residual", "auto"), connectivity=model.connectivity
+        ),
     )

@@ -28,12 +28,13 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from mcjax.architectures import STEMS, Architecture, get_architecture
-from mcjax.blocks import BRANCH_IMPLS
-from mcjax.models import AGGREGATIONS, CONNECTIVITIES, DTYPES
+from mcjax.models import Network
+from mcjax.training import from_config
 
 __all__ = [
     "DATASETS",
@@ -66,7 +67,6 @@ _IMAGE_SHAPES: dict[str, tuple[int | None, int]] = {
 # any number of class subfolders).
 _NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
-_MASKED_CONNECTIVITIES = ("learned", "real")  # the ones with trainable masks
 
 # The config fields that may change when a run is resumed: bookkeeping that does not
 # change what is trained, and how the same function of the same parameters is computed
@@ -216,8 +216,28 @@ class _Checker:
 
     # ------------------------------------------------------------------ sections
 
+    def refused(self, path: str, value: Any, error: Exception, context: str = "") -> None:
+        """Records an object's refusal of ``config.<path>`` as the field's sentence.
+
+        ``"fan_in K must satisfy 1 <= K <= C = 8, got 9"`` becomes
+        ``"config.model.fan_in is 9, but it must satisfy 1 <= K <= C = 8."``.
+        """
+        reason = re.sub(r",? got .*$", "", str(error).strip().rstrip("."), flags=re.S)
+        if " must " in reason:
+            text = f"config.{path} is {value!r}, but it must {reason.split(' must ', 1)[1]}"
+        else:
+            text = f"config.{path} is {value!r}, which is not valid: {reason}"
+        self.problems.append(_sentence(text + context))
+
     def model(self) -> tuple[Architecture | None, str | None]:
-        """Checks ``config.model``; returns the architecture and connectivity if valid."""
+        """Checks ``config.model`` by building its objects; returns the architecture and
+        connectivity if valid.
+
+        The rules live in the objects (:func:`~mcjax.architectures.get_architecture`,
+        :class:`~mcjax.models.Network`, :mod:`mcjax.training.from_config`); each field
+        is tried on its own (the others left at the objects' defaults), so every bad
+        field gives one sentence and one bad field gives exactly one.
+        """
         stems = f"'' (the architecture's own) or one of {_choices(STEMS)}"
         stem = self.present("model.stem", stems)
         stem_ok = stem is _MISSING or stem is None or stem == "" or stem in STEMS
@@ -242,33 +262,67 @@ class _Checker:
                         _sentence(f"config.model.arch is {name!r}, which is not valid: {reason}")
                     )
 
-        connectivity = self.choice("model.connectivity", CONNECTIVITIES)
-        self.choice("model.aggregation", AGGREGATIONS)
-        self.choice("model.branch_impl", BRANCH_IMPLS)
-        self.choice("model.dtype", tuple(DTYPES))
-        self.number("model.mask_init", "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        # Types first: the objects compare values, they do not check types.
+        strings = ("connectivity", "aggregation", "branch_impl", "dtype")
+        values = {field: self.present(f"model.{field}", "a string") for field in strings}
+        for field, value in values.items():
+            if value is not _MISSING and not isinstance(value, str):
+                self.bad(f"model.{field}", value, "a string")
+                values[field] = _MISSING
+        mask_init = self.present("model.mask_init", "a number in [0, 1]")
+        if mask_init is not _MISSING and not _is_number(mask_init):
+            self.bad("model.mask_init", mask_init, "a number in [0, 1]")
+            mask_init = _MISSING
+
+        # Each field on a network that is otherwise the objects' defaults.
+        probe = arch or get_architecture("11,2,4")
+        network_fields = {
+            "connectivity": values["connectivity"],
+            "aggregation": values["aggregation"],
+            "branch_impl": values["branch_impl"],
+            "mask_init": mask_init,
+        }
+        valid: dict[str, Any] = {}
+        for field, value in network_fields.items():
+            if value is _MISSING:
+                continue
+            kwargs = {field: float(value) if field == "mask_init" else value}
+            if field == "connectivity":
+                kwargs["fan_in"] = 1  # every cardinality allows K = 1
+            try:
+                Network(probe, num_classes=1, **kwargs)
+            except ValueError as error:
+                self.refused(f"model.{field}", value, error)
+            else:
+                valid[field] = value
+        if values["dtype"] is not _MISSING:
+            try:
+                from_config.compute_dtype(values["dtype"])
+            except ValueError as error:
+                self.refused("model.dtype", values["dtype"], error)
 
         zero_init = self.present("model.zero_init_residual", "'auto', True or False")
-        if zero_init is not _MISSING and not (zero_init == "auto" or isinstance(zero_init, bool)):
-            self.bad(
-                "model.zero_init_residual",
-                zero_init,
-                "'auto' (on for connectivity 'full' only), True or False",
-            )
+        if zero_init is not _MISSING:
+            try:
+                from_config.zero_init_residual(zero_init, connectivity="learned")
+            except ValueError as error:
+                self.refused("model.zero_init_residual", zero_init, error)
 
+        connectivity = valid.get("connectivity")
         fan_in = self.present("model.fan_in", "an int K with 1 <= K <= C")
         if fan_in is not _MISSING:
             if not _is_int(fan_in):
                 self.bad("model.fan_in", fan_in, "an int K with 1 <= K <= C")
-            elif connectivity not in (None, "full") and arch is not None:
-                cardinality = arch.cardinality
-                if not 1 <= fan_in <= cardinality:
-                    self.bad(
+            elif connectivity is not None and arch is not None:
+                try:
+                    Network(arch, num_classes=1, connectivity=connectivity, fan_in=int(fan_in))
+                except ValueError as error:
+                    self.refused(
                         "model.fan_in",
                         fan_in,
-                        f"an int K with 1 <= K <= C = {cardinality}, the cardinality of "
-                        f"architecture {arch.name!r} (connectivity {connectivity!r}; "
-                        "only 'full' ignores K)",
+                        error,
+                        f" (C is the cardinality of architecture {arch.name!r}; connectivity "
+                        f"{connectivity!r}; only 'full' ignores K)",
                     )
         return arch, connectivity
 
@@ -340,7 +394,13 @@ class _Checker:
             "a learning rate > 0",
             lambda v: v > 0,
         )
-        if connectivity in _MASKED_CONNECTIVITIES:
+        masked = (
+            connectivity is not None
+            and Network(
+                get_architecture("11,2,4"), num_classes=1, connectivity=connectivity, fan_in=1
+            ).has_masks
+        )
+        if masked:
             self.number(
                 "mask_learning_rate",
                 f"a number > 0 with connectivity {connectivity!r} (the masks are trained "
