@@ -119,8 +119,15 @@ class Checkpointer:
             create=True,
             preservation_policy=ocp.checkpoint_managers.LatestN(max(1, keep)),
         )
+        # The handlers named up front (not only through the save/restore args), so that a
+        # fresh manager can read a step's metadata before restoring it.
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
         self.is_primary = is_primary  # writes manifests, moves corrupt steps aside
         self._unrecorded: list[int] = []  # saved steps whose manifest is not written yet
@@ -206,7 +213,9 @@ class Checkpointer:
             mismatch = None
             try:
                 verified = self.verify(step)
-                mismatch = describe_mismatch(self._saved_tree(step), abstract_state)
+                saved_tree = self._saved_tree(step)
+                if saved_tree is not None:  # else let the restore itself decide
+                    mismatch = describe_mismatch(saved_tree, abstract_state)
                 if mismatch is None:
                     state, meta = self.restore(step, abstract_state)
             except (KeyboardInterrupt, SystemExit):
@@ -245,7 +254,7 @@ class Checkpointer:
     def _saved_tree(self, step: int):
         """The tree of shapes and dtypes saved at ``step`` (orbax's metadata)."""
         metadata = self.manager.item_metadata(step)["state"]
-        return getattr(metadata, "tree", metadata)
+        return None if metadata is None else getattr(metadata, "tree", metadata)
 
     def _move_aside(self, step: int) -> str:
         os.makedirs(self.corrupt_directory, exist_ok=True)
