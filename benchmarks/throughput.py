@@ -140,7 +140,7 @@ def train_row(
     images, labels = _batch(batch, image_size, num_classes)
     step = jax.jit(
         functools.partial(
-            loop.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
+            loop.train_step, net=net, tx=tx, key=jax.random.key(3), frozen=not net.has_masks
         ),
         donate_argnums=0,
     )

@@ -4,8 +4,9 @@ Run::
 
     python -m mcjax.main --config configs/digits.py --workdir runs/digits
 
-Expected on a 2-core CPU: about 3 minutes for all four phases, test accuracy
-of about 98% (at least 97%); learned K=4 on a 20,4,8 network.
+Expected on a 2-core CPU: about 3 minutes for all four phases; learned K=4 on a
+20,4,8 network; test accuracy 96.4-97.8% over seeds 0, 1, 2 (the last bits of a run,
+and so the exact figure, depend on the machine).
 """
 
 from mcjax.training import defaults

@@ -5,7 +5,7 @@ Public API (see each module's docstring):
 * :mod:`mcjax.masks`: ``sample``, ``top_k``, ``aggregate`` (straight-through
   ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``;
 * :mod:`mcjax.blocks`: the bottleneck block and module as pure functions;
-* :mod:`mcjax.models`: ``Network``, ``init``, ``apply``, ``forward_connectivity``;
+* :mod:`mcjax.models`: ``Network``, ``init``, ``apply``;
 * :mod:`mcjax.architectures`: ``get_architecture`` for every network of the paper;
 * :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``), ``mask_sgd``,
   ``weight_sgd``, ``clip_params``, ``piecewise_constant``;
@@ -18,7 +18,7 @@ Public API (see each module's docstring):
 
 from mcjax import architectures, blocks, costs, layers, masks, models, optim, parallel, prune
 from mcjax.architectures import Architecture, ModuleSpec, get_architecture
-from mcjax.models import Network, apply, forward_connectivity, init
+from mcjax.models import Network, apply, init
 from mcjax.optim import maskconnect
 from mcjax.prune import PrunedModel, live_blocks
 
@@ -33,7 +33,6 @@ __all__ = [
     "architectures",
     "blocks",
     "costs",
-    "forward_connectivity",
     "get_architecture",
     "init",
     "layers",

@@ -4,13 +4,17 @@ r"""Prints a network's per-module table: branches, channels, params, FLOPs per i
     python -m mcjax.cost_table --config configs/imagenet.py \
         --config.model.arch=resnext101_64x4d --json
 
-Params include BN scale and bias, not running statistics nor masks; FLOPs are
-``2 x`` multiply-accumulates of convolutions and the head (see :mod:`mcjax.costs`).
+The ``stride`` column is each part's reduction of the resolution (the ImageNet stem:
+4, its stride-2 convolution then its stride-2 max pool), so ``out size`` is the
+previous size divided by it. Params include BN scale and bias, not running
+statistics nor masks; FLOPs are ``2 x`` multiply-accumulates of convolutions and
+the head (see :mod:`mcjax.costs`).
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -19,7 +23,9 @@ from ml_collections import config_flags
 from mcjax import costs
 from mcjax.training import from_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar100.py", "Config file.")
+# Found from the package, so that the command runs from any directory.
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar100.py"
+_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Config file.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 
 

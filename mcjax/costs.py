@@ -39,7 +39,7 @@ class ModuleCost:
     in_channels: int
     bottleneck: int
     out_channels: int
-    stride: int
+    stride: int  # the part's reduction of the resolution (ImageNet stem: 2 x 2 = 4)
     resolution: int  # output height (= width) of this part
     params: int
     flops: int
@@ -76,14 +76,24 @@ def module_costs(
         per_branch_bn = per_block_inputs
     rows = []
     kernel = 7 if arch.stem == "imagenet" else 3
-    size = _out_size(image_size, 2 if arch.stem == "imagenet" else 1)
+    conv_stride = 2 if arch.stem == "imagenet" else 1
+    size = _out_size(image_size, conv_stride)
     stem_params = kernel * kernel * in_channels * arch.stem_channels + 2 * arch.stem_channels
     stem_macs = size * size * kernel * kernel * in_channels * arch.stem_channels
-    if arch.stem in ("imagenet", "cifar_maxpool"):
-        size = _out_size(size, 2)
+    pool_stride = 2 if arch.stem in ("imagenet", "cifar_maxpool") else 1
+    size = _out_size(size, pool_stride)
+    stem_stride = conv_stride * pool_stride  # the stem's whole reduction of the resolution
     rows.append(
         ModuleCost(
-            "stem", 0, in_channels, 0, arch.stem_channels, 1, size, stem_params, 2 * stem_macs
+            "stem",
+            0,
+            in_channels,
+            0,
+            arch.stem_channels,
+            stem_stride,
+            size,
+            stem_params,
+            2 * stem_macs,
         )
     )
     for index, spec in enumerate(arch.modules):

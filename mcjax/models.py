@@ -6,7 +6,7 @@ connectivity mode, fan-in, aggregation, branch formulation, compute dtype).
 
     net = mcjax.Network(mcjax.get_architecture("20,4,8"), num_classes=100)
     variables = mcjax.init(jax.random.key(0), net)
-    binary = mcjax.masks.sample(key, variables["params"]["masks"], net.fan_in)
+    binary = mcjax.masks.sample(key, variables["params"]["masks"], net.fan_in)  # phase 1
     logits, batch_stats = mcjax.apply(
         net, variables["params"], variables["batch_stats"], images,
         connectivity=binary, train=True)
@@ -49,7 +49,6 @@ __all__ = [
     "DTYPES",
     "Network",
     "apply",
-    "forward_connectivity",
     "init",
 ]
 
@@ -187,34 +186,6 @@ def init(key: Array, net: Network) -> dict:
     return {"params": params, "batch_stats": batch_stats, "connectivity": connectivity}
 
 
-def forward_connectivity(
-    net: Network,
-    params: dict,
-    *,
-    key: Array | None = None,
-    fixed: Array | Sequence[Array] | None = None,
-) -> Array | Sequence[Array] | None:
-    """The masks one forward pass uses, by mode (paper Alg. 1 / docs/design.md §2).
-
-    * ``full``: ``None``.
-    * ``learned``: ``fixed`` (the frozen top-K, phases 2-4) when given, else a
-      fresh K-hot sample of ``params["masks"]`` drawn with ``key`` (phase 1).
-    * ``random``: ``fixed`` (the draw made at init).
-    * ``real``: ``params["masks"]``.
-    """
-    if net.connectivity == "full":
-        return None
-    if net.connectivity == "real":
-        return params["masks"]
-    if fixed is not None:
-        return fixed
-    if net.connectivity == "random":
-        raise ValueError("random connectivity needs the fixed masks drawn at init")
-    if key is None:
-        raise ValueError("learned connectivity needs a key to sample masks, or fixed masks")
-    return masks.sample(key, params["masks"], net.fan_in)
-
-
 def _stem(net: Network, params, stats, x, *, train, axis_name):
     stride = 2 if net.arch.stem == "imagenet" else 1
     x = layers.conv2d(x, params["conv"], stride=stride)
@@ -245,9 +216,10 @@ def apply(
       batch_stats: BN running statistics.
       images: ``[N, H, W, in_channels]``, any float dtype (cast to ``net.dtype``).
       connectivity: ``None`` for ``full``; otherwise the masks of modules
-        ``2..L``, as ``[L-1, C, C]`` or a sequence of ``[C_i, C_{i-1}]`` (see
-        :func:`forward_connectivity`). When ``params`` has ``masks``, their
-        gradient is the straight-through one of :func:`mcjax.masks.aggregate`.
+        ``2..L``, as ``[L-1, C, C]`` or a sequence of ``[C_i, C_{i-1}]`` (the
+        training program's choice is :mod:`mcjax.training.connectivity`). When
+        ``params`` has ``masks``, their gradient is the straight-through one of
+        :func:`mcjax.masks.aggregate`.
       train: batch statistics and updated running statistics when True.
       axis_name: mapped axis for synchronised BN statistics, if any.
 

@@ -89,7 +89,7 @@ def data_parallel_train_step(train_step, mesh: Mesh, **static):
     Args:
       train_step: :func:`mcjax.training.loop.train_step` (it takes ``axis_name``).
       mesh: from :func:`make_mesh`.
-      **static: ``net``, ``tx``, ``key``, ``learn_masks`` for ``train_step``.
+      **static: ``net``, ``tx``, ``key``, ``frozen`` for ``train_step``.
 
     Returns:
       ``step(state, images, labels) -> (state, metrics)``, the state donated.

@@ -22,9 +22,8 @@ import fake_data
 import jax
 import numpy as np
 import pytest
-from test_train import digits_config
 
-from mcjax.training import loop, preemption, run_outputs
+from mcjax.training import from_config, loop, preemption, run_outputs
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -109,7 +108,7 @@ def _steps(workdir) -> list[int]:
 
 
 def _template(config):
-    net = loop.build.network(config)
+    net = from_config.network(config)
     tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
     return loop.create_state(net, tx, jax.random.key(0))
 
@@ -121,14 +120,8 @@ def _resume(config, workdir) -> dict:
     return summary
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The tiny digits run of TINY_FLAGS, in this process: (config, workdir, digest)."""
-    workdir = tmp_path_factory.mktemp("whole")
-    config = digits_config()
-    summary = loop.train_and_evaluate(config, str(workdir))
-    assert _steps(workdir) == [3, 6, 9, 12, 14, 15, 18, 21, 22]
-    return config, workdir, summary["state_digest"]
+# The tiny digits run of TINY_FLAGS, in this process: the ``uninterrupted`` fixture of
+# tests/conftest.py (shared with tests/test_run_safety.py).
 
 
 def test_sigterm_saves_exits_75_and_resumes(uninterrupted, tmp_path):

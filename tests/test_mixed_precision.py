@@ -21,7 +21,7 @@ def _step(dtype, connectivity):
     labels = jnp.arange(8) % 10
     step = jax.jit(
         functools.partial(
-            loop.train_step, net=net, tx=tx, key=jax.random.key(2), learn_masks=net.has_masks
+            loop.train_step, net=net, tx=tx, key=jax.random.key(2), frozen=not net.has_masks
         )
     )
     return state, *step(state, images, labels)

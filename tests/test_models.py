@@ -19,6 +19,7 @@ import pytest
 
 from mcjax import blocks, layers, masks, models
 from mcjax.architectures import PAPER_ARCHITECTURES, Architecture, ModuleSpec, get_architecture
+from mcjax.training import connectivity
 
 C = 3
 K = 2
@@ -103,15 +104,22 @@ def _loss(logits):
     return jnp.sum(jnp.sin(logits) * weights) + 0.1 * jnp.sum(logits**2)
 
 
+def _policy_masks(net, params, *, key=None, fixed=None):
+    """The masks of mcjax.training.connectivity: the fixed ones when given, else sampled."""
+    return connectivity.step_masks(
+        net, params, fixed, frozen=fixed is not None, train=True, key=key
+    )
+
+
 # --- The library, compiled once per (network, train) -------------------------------
 
 
 @functools.cache
 def _library_grad(net, train=True):
-    """``(loss, (logits, new_stats)), grads`` of models.apply, masks from forward_connectivity."""
+    """``(loss, (logits, new_stats)), grads`` of models.apply, masks from the policy."""
 
     def loss(params, stats, images, fixed):
-        connectivity = models.forward_connectivity(net, params, fixed=fixed)
+        connectivity = _policy_masks(net, params, fixed=fixed)
         logits, new_stats = models.apply(
             net, params, stats, images, connectivity=connectivity, train=train
         )
@@ -123,7 +131,7 @@ def _library_grad(net, train=True):
 @functools.cache
 def _library_forward(net, train):
     def forward(params, stats, images, fixed):
-        connectivity = models.forward_connectivity(net, params, fixed=fixed)
+        connectivity = _policy_masks(net, params, fixed=fixed)
         return models.apply(net, params, stats, images, connectivity=connectivity, train=train)
 
     return jax.jit(forward)
@@ -374,7 +382,7 @@ def test_real_mode_gradient_is_exact():
     net = _net("real")
     params, stats = _variables(net)
     # The real-valued masks themselves, in forward and backward.
-    assert models.forward_connectivity(net, params) is params["masks"]
+    assert _policy_masks(net, params) is params["masks"]
     (_, (logits, _)), grads = _library_grad(net)(params, stats, IMAGES, None)
     (_, (ref_logits, _)), ref_grads = _reference_grad(ARCH, True)(
         params, stats, IMAGES, params["masks"]
@@ -494,7 +502,7 @@ def test_learned_with_k_equal_c_samples_all_ones():
     params, _ = _variables(_net("learned"))
     params = dict(params, masks=params["masks"].at[0, 0, 1].set(0.0))
     for seed in range(3):
-        binary = models.forward_connectivity(net, params, key=jax.random.key(seed))
+        binary = _policy_masks(net, params, key=jax.random.key(seed))
         chex.assert_shape(binary, (ARCH.num_modules - 1, C, C))
         np.testing.assert_array_equal(binary, 1.0)
 
@@ -502,13 +510,13 @@ def test_learned_with_k_equal_c_samples_all_ones():
 def test_learned_samples_with_the_key_or_uses_fixed_masks():
     net = _net("learned")
     params, _ = _variables(net)
-    a = models.forward_connectivity(net, params, key=jax.random.key(0))
-    b = models.forward_connectivity(net, params, key=jax.random.key(0))
+    a = _policy_masks(net, params, key=jax.random.key(0))
+    b = _policy_masks(net, params, key=jax.random.key(0))
     chex.assert_trees_all_equal(a, b)
     np.testing.assert_array_equal(np.asarray(a).sum(-1), K)
     fixed = masks.top_k(params["masks"], K)
-    assert models.forward_connectivity(net, params, key=jax.random.key(0), fixed=fixed) is fixed
-    assert models.forward_connectivity(_net("full"), params) is None
+    assert _policy_masks(net, params, key=jax.random.key(0), fixed=fixed) is fixed
+    assert _policy_masks(_net("full"), params) is None
 
 
 def test_random_mode_connectivity_is_k_hot_and_seeded():
@@ -536,9 +544,9 @@ def test_random_mode_runs_with_its_fixed_connectivity():
     net = _net("random")
     variables = _jit_init(net)(jax.random.key(0))
     with pytest.raises(ValueError, match="fixed"):
-        models.forward_connectivity(net, variables["params"])
+        _policy_masks(net, variables["params"])
     fixed = variables["connectivity"]
-    assert models.forward_connectivity(net, variables["params"], fixed=fixed) is fixed
+    assert _policy_masks(net, variables["params"], fixed=fixed) is fixed
     # Same function as learned with those masks (the same weights, masks aside).
     params, stats = _variables(net)
     logits, _ = _library_forward(net, False)(params, stats, IMAGES, fixed)
@@ -567,7 +575,7 @@ def test_logits_shape_of_paper_networks(name, mode):
 
     def run(key):
         variables = models.init(key, net)
-        connectivity = models.forward_connectivity(
+        connectivity = _policy_masks(
             net, variables["params"], key=key, fixed=variables["connectivity"]
         )
         images = jnp.zeros((2, size, size, 3))
@@ -593,7 +601,7 @@ def test_maxpool_stem_and_bfloat16_shapes():
 
     def run(key):
         variables = models.init(key, net)
-        connectivity = models.forward_connectivity(net, variables["params"], key=key)
+        connectivity = _policy_masks(net, variables["params"], key=key)
         images = jnp.zeros((2, 64, 64, 3))
         return models.apply(
             net,
@@ -652,7 +660,7 @@ def test_apply_rejects_connectivity_of_the_wrong_mode_or_shape():
         bad = jax.ShapeDtypeStruct((ARCH.num_modules - 1, C, C + 1), jnp.float32)
         _apply_abstract(learned, _abstract(learned), images, bad)
     with pytest.raises(ValueError, match="key"):
-        models.forward_connectivity(learned, _abstract(learned)["params"])
+        _policy_masks(learned, _abstract(learned)["params"])
 
 
 @pytest.mark.parametrize("mode", ["learned", "random", "real"])

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 from test_faults import _ENV, _cli, tiny_flags
+from test_parallel import reordering_bound
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(REPO_ROOT, "launch", "local.sh")
@@ -81,9 +82,13 @@ def test_two_processes_match_one_process_with_two_devices(one_process_two_device
     assert summary["test_examples"] == reference["test_examples"] == 360
     assert summary["connectivity"] == "learned" and summary["steps"] == 4
     assert arrays.keys() == reference_arrays.keys()
-    for name, value in reference_arrays.items():
-        scale = max(float(np.abs(value).max()), 1e-6)
-        assert float(np.abs(arrays[name] - value).max()) / scale < 1e-5, name
+    # Relative to the norm of the whole exported state (see test_parallel.reordering_bound):
+    # the collectives of two processes may sum in another order than one process's.
+    difference = np.sqrt(
+        sum(np.sum((arrays[k].astype(np.float64) - v) ** 2) for k, v in reference_arrays.items())
+    )
+    norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in reference_arrays.values()))
+    assert difference / norm < reordering_bound(steps=4, batch=8, height=8, width=8)
     # Both processes took part; the start-up log names each one and the mesh.
     for index in (0, 1):
         assert f"[{index}] " in err

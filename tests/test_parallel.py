@@ -7,6 +7,19 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# float32 unit roundoff. A sum of n terms in another order differs by at most about
+# n * u times the sum of their magnitudes (Higham's gamma_n); splitting a batch over
+# devices reorders every batch reduction, of which the longest is a BN statistic over
+# batch x height x width. One step moves the parameters by such sums, so after `steps`
+# steps the state may differ by up to steps * n * u relative to the norm of the whole
+# state (never relative to one near-zero element). A real error (a gradient N times
+# too large, unsynchronised BN) is orders of magnitude above it.
+UNIT_ROUNDOFF = 2.0**-24
+
+
+def reordering_bound(steps: int, batch: int, height: int, width: int) -> float:
+    return steps * batch * height * width * UNIT_ROUNDOFF
+
 
 def test_eight_devices_match_one_device():
     # A fresh process: the simulated device count is fixed when JAX starts.
@@ -19,9 +32,10 @@ def test_eight_devices_match_one_device():
     )
     diffs = json.loads(result.stdout.strip().splitlines()[-1])
     assert diffs["devices"] == 8
+    bound = reordering_bound(steps=2, batch=16, height=8, width=8)  # parallel_check.run
     for key, value in diffs.items():
         if key.endswith(("/params", "/batch_stats", "/masks", "/loss")):
-            assert value < 1e-5, (key, value)
+            assert value < bound, (key, value, bound)
     # The masks moved (phase 1), so a gradient N times too large would have shown.
     assert diffs["learn/masks_moved"] > 1e-3
     assert diffs["fixed/masks_moved"] == 0.0
@@ -55,9 +69,12 @@ def test_training_on_two_devices_matches_one_device(tmp_path):
         with open(workdir / "summary.json") as f:
             summary = json.load(f)
         with np.load(workdir / "pruned_model" / "arrays.npz") as arrays:
-            results[devices] = (summary, {k: arrays[k] for k in arrays.files})
+            results[devices] = (summary, {k: arrays[k].astype(np.float64) for k in arrays.files})
     (one, arrays_one), (two, arrays_two) = results[1], results[2]
     assert one["test_examples"] == two["test_examples"] == 360
-    for name, value in arrays_one.items():
-        scale = max(float(np.abs(value).max()), 1e-6)
-        assert float(np.abs(arrays_two[name] - value).max()) / scale < 1e-4, name
+    assert sorted(arrays_one) == sorted(arrays_two)
+    # Relative to the norm of the whole exported state (4 steps of 8 digits of 8x8).
+    difference = np.sqrt(sum(np.sum((arrays_two[k] - v) ** 2.0) for k, v in arrays_one.items()))
+    norm = np.sqrt(sum(np.sum(v**2.0) for v in arrays_one.values()))
+    bound = reordering_bound(steps=4, batch=8, height=8, width=8)
+    assert difference / norm < bound, (difference / norm, bound)

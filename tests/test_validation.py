@@ -111,6 +111,8 @@ _BAD = [
     ("digits", "eval_every_epochs", 0.0, None),
     ("digits", "eval_every_epochs", -1.0, None),
     ("digits", "seed", 1.5, None),
+    ("digits", "seed", -1, ("[0, 4294967295]",)),  # the data order's SeedSequence needs >= 0
+    ("digits", "seed", 2**64, ("[0, 4294967295]",)),
     ("digits", "seed", "0", None),
     ("digits", "seed", _DELETE, ("is missing",)),
 ]
@@ -190,7 +192,7 @@ def test_imagenet_on_eight_devices_is_valid():
         {"model.zero_init_residual": True, "model.aggregation": "sum"},
         {"model.zero_init_residual": False, "model.branch_impl": "einsum"},
         {"model.mask_init": 0, "momentum": 0.0, "weight_decay": 0},
-        {"phase_epochs": [0.5, 0.25, 1, 2], "seed": -3},  # fractional epochs, lists
+        {"phase_epochs": [0.5, 0.25, 1, 2], "seed": 2**32 - 1},  # fractional epochs, lists
     ],
 )
 def test_valid_variations(changes):
@@ -238,7 +240,6 @@ def test_resume_with_other_bookkeeping_is_fine(tmp_path):
     config = digits.get_config()
     config.log_every_steps = 7
     config.checkpoint_every_steps = 50
-    config.phase_epochs = (20, 5, 3, 2)
     config.model.branch_impl = "grouped"  # same function of the same parameters
     check_workdir_matches(str(tmp_path), config)
 

@@ -268,12 +268,20 @@ def _list_images(class_dir: str) -> list[str]:
     )
 
 
+# PIL's modes of 16-bit grayscale images ("I": how older Pillows open a 16-bit PNG).
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _read_resized(path: str, image_size: int) -> np.ndarray:
     """uint8 ``[S, S, 3]``: the whole image, RGB, resized (aspect not kept) to ``S x S``."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.mode in _SIXTEEN_BIT_MODES:
+                # 16-bit grayscale (PNG): scale to 8 bits; convert("RGB") would clip at 255.
+                wide = np.asarray(image, np.float64) * (255.0 / 65535.0)
+                image = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
             image = image.convert("RGB")
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)

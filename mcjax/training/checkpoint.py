@@ -16,7 +16,10 @@ manifest and lets orbax restore it; a step that fails either is moved aside to
 ``workdir/corrupt_checkpoints/<step>-<time>`` with a warning, and the step
 before it is tried (then a fresh start). A step without a manifest (the process
 died after orbax finished the save but before the manifest was written) is
-restored *unverified* if orbax can read it, with a warning.
+restored *unverified* if orbax can read it, with a warning. A step that is intact
+but of another layout (another network: a shape, dtype or entry differs from the
+state the run builds) is never taken for damage: :class:`CheckpointMismatch` is
+raised and no file is touched.
 
 In a multi-process job every process takes part in each save and restore (orbax
 coordinates the writes); only the primary process (0) writes the manifests and
@@ -59,6 +62,51 @@ class CorruptCheckpoint(Exception):
     """A step directory does not match its checksum manifest."""
 
 
+class CheckpointMismatch(Exception):
+    """A readable checkpoint holds another structure, shape or dtype than this run's state.
+
+    Not corruption: the checkpoint is of another network or state layout. Nothing is
+    moved; the message names the first differing entry.
+    """
+
+
+def _path_name(path) -> str:
+    parts = []
+    for key in path:
+        for attr in ("name", "key", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _leaves(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{path: (shape, dtype)}`` of a state or of orbax's tree metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        _path_name(path): (tuple(leaf.shape), str(jax.numpy.dtype(leaf.dtype)))
+        for path, leaf in leaves
+    }
+
+
+def describe_mismatch(saved_tree, abstract_state) -> str | None:
+    """The first difference between a saved state's layout and ``abstract_state``'s, or None."""
+    saved, wanted = _leaves(saved_tree), _leaves(abstract_state)
+    for name in sorted(set(saved) | set(wanted)):
+        if name not in wanted:
+            return f"it holds {name}, which this run's state does not have"
+        if name not in saved:
+            return f"it lacks {name}, which this run's state has"
+        if saved[name] != wanted[name]:
+            (shape_s, dtype_s), (shape_w, dtype_w) = saved[name], wanted[name]
+            return (
+                f"{name} is {dtype_s}{list(shape_s)} in it and {dtype_w}{list(shape_w)} in this run"
+            )
+    return None
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
@@ -71,14 +119,19 @@ class Checkpointer:
             create=True,
             preservation_policy=ocp.checkpoint_managers.LatestN(max(1, keep)),
         )
+        # The handlers named up front (not only through the save/restore args), so that a
+        # fresh manager can read a step's metadata before restoring it.
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
         self.is_primary = is_primary  # writes manifests, moves corrupt steps aside
         self._unrecorded: list[int] = []  # saved steps whose manifest is not written yet
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        self._closed = False
 
     def step_directory(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -146,14 +199,25 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
         """Restores the newest step that verifies and restores; ``None`` if there is none.
 
-        Each newer step that fails is moved aside (see the module docstring). With
-        several processes, a step that fails on any process is given up by all.
+        Only damage moves a step aside (see the module docstring): a checksum mismatch,
+        or files orbax cannot read. A step that reads fine but holds another layout
+        than ``abstract_state`` (another network) is not damage: nothing is touched.
+        With several processes, a step that fails on any process is given up by all.
+
+        Raises:
+          CheckpointMismatch: the newest readable step does not fit ``abstract_state``;
+            the workdir is left exactly as it was.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             failure = None
+            mismatch = None
             try:
                 verified = self.verify(step)
-                state, meta = self.restore(step, abstract_state)
+                saved_tree = self._saved_tree(step)
+                if saved_tree is not None:  # else let the restore itself decide
+                    mismatch = describe_mismatch(saved_tree, abstract_state)
+                if mismatch is None:
+                    state, meta = self.restore(step, abstract_state)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as error:  # orbax raises many kinds on a damaged checkpoint
@@ -172,6 +236,12 @@ class Checkpointer:
                     moved,
                 )
                 continue
+            if mismatch is not None:
+                raise CheckpointMismatch(
+                    f"the checkpoint of step {step} in {self.directory} does not fit this "
+                    f"run's network: {mismatch}; resume it with the config it was made "
+                    "with, or use another --workdir"
+                )
             if not verified:
                 logging.warning(
                     "checkpoint step %d has no checksum manifest (the run stopped right after "
@@ -180,6 +250,11 @@ class Checkpointer:
                 )
             return state, meta, step
         return None
+
+    def _saved_tree(self, step: int):
+        """The tree of shapes and dtypes saved at ``step`` (orbax's metadata)."""
+        metadata = self.manager.item_metadata(step)["state"]
+        return None if metadata is None else getattr(metadata, "tree", metadata)
 
     def _move_aside(self, step: int) -> str:
         os.makedirs(self.corrupt_directory, exist_ok=True)
@@ -227,5 +302,11 @@ class Checkpointer:
         os.replace(tmp, path)
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        """Waits for the last save, writes its manifest and closes (once; then a no-op)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self.manager.close()

@@ -6,25 +6,32 @@ from mcjax.architectures import get_architecture
 from mcjax.data import in_memory
 from mcjax.models import DTYPES, Network
 
-__all__ = ["data_input", "network"]
+__all__ = ["compute_dtype", "data_input", "network", "zero_init_residual"]
 
 
-def _zero_init_residual(model) -> bool:
-    value = model.get("zero_init_residual", False)
-    if value == "auto":
-        return model.connectivity == "full"
+def zero_init_residual(value, *, connectivity: str) -> bool:
+    """``config.model.zero_init_residual``: True, False (the default) or ``'auto'`` (on for
+    ``full`` only)."""
+    if isinstance(value, str) and value == "auto":
+        return connectivity == "full"
     if not isinstance(value, bool):
         raise ValueError(
-            f"config.model.zero_init_residual must be 'auto', True or False, got {value!r}"
+            "zero_init_residual must be 'auto' (on for connectivity 'full' only), True or "
+            f"False, got {value!r}"
         )
     return value
+
+
+def compute_dtype(name: str):
+    """``config.model.dtype``: a name of :data:`mcjax.models.DTYPES`."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def network(config) -> Network:
     """The :class:`~mcjax.models.Network` that ``config.model`` and ``config.data`` describe."""
     model, data = config.model, config.data
-    if model.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {model.dtype!r}")
     arch = get_architecture(model.arch, stem=model.stem or None)
     return Network(
         arch=arch,
@@ -35,8 +42,10 @@ def network(config) -> Network:
         aggregation=model.aggregation,
         branch_impl=model.branch_impl,
         mask_init=float(model.mask_init),
-        dtype=DTYPES[model.dtype],
-        zero_init_residual=_zero_init_residual(model),
+        dtype=compute_dtype(model.dtype),
+        zero_init_residual=zero_init_residual(
+            model.get("zero_init_residual", False), connectivity=model.connectivity
+        ),
         full_per_branch_bn=bool(model.get("full_per_branch_bn", False)),
     )
 

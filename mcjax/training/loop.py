@@ -13,8 +13,10 @@ step, so a run resumed from a checkpoint retraces the same path bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -26,12 +28,18 @@ import optax
 from absl import logging
 
 from mcjax import masks, models, optim, parallel, prune
-from mcjax.training import distributed, from_config, preemption, run_outputs, validation
+from mcjax.training import (
+    connectivity,
+    distributed,
+    from_config,
+    preemption,
+    run_outputs,
+    validation,
+    workdir_lock,
+)
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import MetricWriter
 from mcjax.training.progress import Progress
-
-NUM_PHASES = 4
 
 
 class TrainState(NamedTuple):
@@ -42,16 +50,19 @@ class TrainState(NamedTuple):
       params: network parameters (with ``masks`` in ``learned``/``real`` modes).
       batch_stats: BN running statistics.
       opt_state: the :func:`mcjax.optim.maskconnect` state.
-      connectivity: the fixed K-hot masks ``[L-1, C, C]`` (``random``: drawn at
-        init; ``learned``: zeros until frozen to the top-K at phase 2); ``None``
-        for ``full`` and ``real``.
+      fixed_masks: the fixed K-hot masks ``[L-1, C, C]`` float32 (``random``: drawn at
+        init; ``learned``: the top-K taken when frozen); ``None`` for ``full``/``real``.
+        Which masks a step uses is decided by :mod:`mcjax.training.connectivity`.
+      masks_frozen: bool scalar: the masks no longer learn (phases 2-4; from the
+        start for ``full``/``random``). Checkpointed, so a resumed run knows it.
     """
 
     step: jax.Array
     params: dict
     batch_stats: dict
     opt_state: Any
-    connectivity: jax.Array | None
+    fixed_masks: jax.Array | None
+    masks_frozen: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,48 +133,50 @@ def train_step(
     net: models.Network,
     tx: optax.GradientTransformation,
     key: jax.Array,
-    learn_masks: bool,
+    frozen: bool,
     axis_name: str | None = None,
     nan_at_step: int = -1,
 ) -> tuple[TrainState, dict]:
     """One SGD step.
 
-    With ``learn_masks`` (phase 1 of ``learned``/``real``), ``learned`` samples
-    K-hot masks with ``fold_in(key, step)`` and the real-valued masks get their
-    straight-through gradient; otherwise the fixed connectivity is used and the
-    masks get no gradient (so they do not move). ``nan_at_step >= 0`` makes the
-    loss (and so every gradient) NaN at that step: ``config.debug_inject_nan_at_step``,
-    for tests of the non-finite guard.
+    ``frozen`` (static: it selects the program) is the host's copy of
+    ``state.masks_frozen``. The masks the step uses come from
+    :func:`mcjax.training.connectivity.step_masks` (``learned`` samples K-hot masks
+    with ``fold_in(key, step)`` while the masks learn); only while they learn do the
+    real-valued masks get their (straight-through) gradient. ``nan_at_step >= 0`` makes
+    the loss (and so every gradient) NaN at that step:
+    ``config.debug_inject_nan_at_step``, for tests of the non-finite guard.
 
     Returns:
       The new state and scalar metrics: ``loss``, ``accuracy``, ``grad_norm``.
     """
     step_key = jax.random.fold_in(key, state.step)
     params = state.params
-    trainable = params if learn_masks else {k: v for k, v in params.items() if k != "masks"}
-    frozen = {} if learn_masks else {k: v for k, v in params.items() if k == "masks"}
-    fixed = state.connectivity
+    learn = connectivity.learns_masks(net, frozen=frozen)
+    trainable = params if learn else {k: v for k, v in params.items() if k != "masks"}
+    fixed_params = {} if learn else {k: v for k, v in params.items() if k == "masks"}
+    fixed_masks = state.fixed_masks
     if axis_name is not None:
         # Differentiate per-device copies: grad with respect to a replicated value
         # would already sum over the axis, and the pmean below would leave it N times
         # too large. The frozen and fixed masks vary too, so that the straight-through
         # mask cotangent of masks.aggregate has the type of its input.
-        trainable, frozen, fixed = jax.tree.map(
-            lambda x: jax.lax.pcast(x, axis_name, to="varying"), (trainable, frozen, fixed)
+        trainable, fixed_params, fixed_masks = jax.tree.map(
+            lambda x: jax.lax.pcast(x, axis_name, to="varying"),
+            (trainable, fixed_params, fixed_masks),
         )
 
     def loss_fn(trainable):
-        full = {**trainable, **frozen}
-        if net.connectivity == "learned" and learn_masks:
-            connectivity = masks.sample(step_key, full["masks"], net.fan_in)
-        else:
-            connectivity = models.forward_connectivity(net, full, fixed=fixed)
+        full = {**trainable, **fixed_params}
+        step_masks = connectivity.step_masks(
+            net, full, fixed_masks, frozen=frozen, train=True, key=step_key
+        )
         logits, new_stats = models.apply(
             net,
             full,
             state.batch_stats,
             images,
-            connectivity=connectivity,
+            connectivity=step_masks,
             train=True,
             axis_name=axis_name,
         )
@@ -173,7 +186,7 @@ def train_step(
         return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    grads = {**grads, **jax.tree.map(jnp.zeros_like, frozen)}
+    grads = {**grads, **jax.tree.map(jnp.zeros_like, fixed_params)}
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         loss = jax.lax.pmean(loss, axis_name)
@@ -190,11 +203,17 @@ def train_step(
     return new_state, metrics
 
 
-def eval_connectivity(net: models.Network, state: TrainState):
-    """The connectivity evaluated: the top-K of the masks for ``learned`` (also in phase 1)."""
-    if net.connectivity == "learned":
-        return masks.top_k(state.params["masks"], net.fan_in)
-    return models.forward_connectivity(net, state.params, fixed=state.connectivity)
+def eval_masks(net: models.Network, state: TrainState, *, frozen: bool):
+    """The masks evaluated and exported (the top-K of the masks for ``learned`` in phase 1)."""
+    return connectivity.step_masks(net, state.params, state.fixed_masks, frozen=frozen, train=False)
+
+
+def freeze_masks(net: models.Network, state: TrainState) -> TrainState:
+    """The state with its masks frozen (phase 2 starts): ``learned`` fixes the top-K."""
+    return state._replace(
+        fixed_masks=connectivity.freeze(net, state.params, state.fixed_masks),
+        masks_frozen=jnp.ones((), jnp.bool_),
+    )
 
 
 def eval_step(
@@ -204,6 +223,7 @@ def eval_step(
     valid: jax.Array,
     *,
     net: models.Network,
+    frozen: bool,
 ) -> dict:
     """Sums over the valid examples of a (padded) batch: loss, top-1, top-5, count."""
     logits, _ = models.apply(
@@ -211,7 +231,7 @@ def eval_step(
         state.params,
         state.batch_stats,
         images,
-        connectivity=eval_connectivity(net, state),
+        connectivity=eval_masks(net, state, frozen=frozen),
         train=False,
     )
     valid = valid.astype(jnp.float32)
@@ -226,16 +246,15 @@ def eval_step(
 
 
 def create_state(net: models.Network, tx, key: jax.Array) -> TrainState:
+    """The state before step 0 (masks not frozen where they learn)."""
     variables = models.init(key, net)
-    connectivity = variables["connectivity"]
-    if net.connectivity == "learned":
-        connectivity = jnp.zeros(net.masks_shape, jnp.float32)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables["batch_stats"],
         opt_state=tx.init(variables["params"]),
-        connectivity=connectivity,
+        fixed_masks=connectivity.initial_fixed_masks(net, variables),
+        masks_frozen=jnp.asarray(not net.has_masks),
     )
 
 
@@ -265,21 +284,30 @@ class _Placement:
 
 
 def _compiled_steps(net, tx, key, nan_at_step: int, mesh):
-    """The jitted train steps (with and without mask learning) and eval step."""
+    """The jitted train and eval steps, keyed by whether the masks are frozen."""
     static = dict(net=net, tx=tx, key=key, nan_at_step=nan_at_step)
+    frozen_values = (False, True)
     if mesh is None:
         steps = {
-            learn: jax.jit(
-                functools.partial(train_step, learn_masks=learn, **static), donate_argnums=0
+            frozen: jax.jit(
+                functools.partial(train_step, frozen=frozen, **static), donate_argnums=0
             )
-            for learn in (True, False)
+            for frozen in frozen_values
         }
-        return steps, jax.jit(functools.partial(eval_step, net=net))
+        evals = {
+            frozen: jax.jit(functools.partial(eval_step, net=net, frozen=frozen))
+            for frozen in frozen_values
+        }
+        return steps, evals
     steps = {
-        learn: parallel.data_parallel_train_step(train_step, mesh, learn_masks=learn, **static)
-        for learn in (True, False)
+        frozen: parallel.data_parallel_train_step(train_step, mesh, frozen=frozen, **static)
+        for frozen in frozen_values
     }
-    return steps, parallel.data_parallel_eval_step(eval_step, mesh, net=net)
+    evals = {
+        frozen: parallel.data_parallel_eval_step(eval_step, mesh, net=net, frozen=frozen)
+        for frozen in frozen_values
+    }
+    return steps, evals
 
 
 def _seed_keys(seed: int):
@@ -322,42 +350,90 @@ def _mask_metrics(net, state, previous_top_k):
     }, current
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
     """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary.
+
+    The workdir is locked for the run's life (:mod:`mcjax.training.workdir_lock`).
+    Nothing in it is written before the checkpoint is restored, so a refused resume
+    leaves every file as it was.
+
+    Args:
+      config: the training config (validated here too).
+      workdir: the run's directory.
+      force_resume: resume a checkpoint whose metadata names another seed, model or
+        data set (the command line's ``--force_resume``).
 
     Raises:
       mcjax.training.preemption.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
-        step it stopped at.
+        step it stopped at (also during the final evaluation and outputs).
       FloatingPointError: on a non-finite loss or gradient, naming the step and phase;
         the last checkpoint (saved before it) is finished and intact.
+      mcjax.training.validation.ConfigError: the batches do not fit the data, or the
+        checkpoint was made with another seed, model or data set.
+      mcjax.training.checkpoint.CheckpointMismatch: the checkpoint is of another layout.
+      mcjax.training.workdir_lock.WorkdirBusy: another run holds the workdir.
     """
-    with preemption.StopRequests() as stop:
-        return _train_and_evaluate(config, workdir, stop)
-
-
-def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> dict:
-    start_time = time.time()
     validation.validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
+    with contextlib.ExitStack() as resources:
+        resources.enter_context(
+            workdir_lock.WorkdirLock(workdir, is_primary=jax.process_index() == 0)
+        )
+        stop = resources.enter_context(preemption.StopRequests())
+        return _train_and_evaluate(config, workdir, stop, resources, force_resume)
+
+
+def _check_checkpoint_meta(meta: dict, expected: dict, step: int) -> None:
+    """Refuses a checkpoint made with another seed, model or data set (config.json aside)."""
+    for key in ("seed", "data", "model"):
+        then, now = meta.get(key), expected[key]
+        if key == "model" and isinstance(then, dict):
+            then = {k: v for k, v in then.items() if f"model.{k}" not in _RESUMABLE}
+            now = {k: v for k, v in now.items() if f"model.{k}" not in _RESUMABLE}
+        if then is not None and json.loads(json.dumps(now)) != then:
+            raise validation.ConfigError(
+                f"config.{key} is {now!r}, but the checkpoint of step {step} was made with "
+                f"{then!r}; a resumed run must continue that run exactly: pass --force_resume "
+                "to resume it anyway, or use a new --workdir."
+            )
+
+
+_RESUMABLE = set(validation.RESUMABLE_FIELDS)
+
+
+def _close_all(*closers) -> None:
+    """Closes resources after a failure; a second failure is logged, not raised over the first."""
+    for close in closers:
+        try:
+            close()
+        except Exception as error:  # the original error is the one to report
+            logging.warning("while closing after an error: %s: %s", type(error).__name__, error)
+
+
+def _train_and_evaluate(
+    config, workdir: str, stop: preemption.StopRequests, resources, force_resume: bool
+) -> dict:
+    start_time = time.time()
     is_writer = jax.process_index() == 0
     multi_process = jax.process_count() > 1
     net = from_config.network(config)
     init_key, mask_key, augment_key = _seed_keys(int(config.seed))
     data = from_config.data_input(config, key=augment_key)
+    validation.check_batches_fit(
+        config, num_train=data.num_train, num_test=data.num_test, data_name=data.name
+    )
     schedule = Schedule.from_config(config, data.num_train)
     tx = make_optimizer(config, schedule)
-    if is_writer:
-        run_outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     mesh = _data_mesh()
-    step_fns, eval_fn = _compiled_steps(
+    step_fns, eval_fns = _compiled_steps(
         net, tx, mask_key, int(config.get("debug_inject_nan_at_step", -1)), mesh
     )
     place = _Placement(mesh, data.batch_size, data.eval_batch_size)
 
-    def run_evaluation(state):
+    def run_evaluation(state, frozen: bool):
         return evaluate(
-            eval_fn,
+            eval_fns[frozen],
             state,
             data.eval_batches(place.rows["eval"]),
             functools.partial(place, "eval"),
@@ -371,6 +447,8 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
         out_shardings=None if mesh is None else parallel.state_sharding(mesh),
     )(net, tx, init_key)
     checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints), is_primary=is_writer)
+    # Unwinds last-in first-out: an error closes the writers and waits for the last save.
+    resources.callback(lambda: _close_all(checkpointer.close))
     meta_base = {
         "model": config.model.to_dict(),
         "data": config.data.name,
@@ -381,8 +459,14 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     restored = checkpointer.restore_latest(state)  # verified; corrupt steps moved aside
     if restored is not None:
         state, meta, latest = restored
+        if not force_resume:
+            _check_checkpoint_meta(meta, meta_base, latest)
         logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
+    # Only now, with a state that fits, is anything in the workdir written.
+    if is_writer:
+        run_outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     start_step = int(state.step)
+    frozen = bool(state.masks_frozen)  # the host's copy: it selects the compiled step
     writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
     total = schedule.total_steps
     progress = Progress(
@@ -391,6 +475,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
         images_per_step=data.batch_size,
         enabled=is_writer,
     )
+    resources.callback(lambda: _close_all(progress.close, writer.close))
     logging.info(
         "%s: %d train / %d test examples, %d steps per epoch, phases of %s steps",
         data.name,
@@ -440,27 +525,41 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
     final = None  # the evaluation at the last step, reused for the summary
     tx_weight_lr, tx_mask_lr = learning_rates(config, schedule)
 
+    def stopped(done: int):
+        flush_metrics(done)
+        if saved != done:
+            checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(done - 1)})
+        progress.close()
+        writer.close()
+        checkpointer.close()  # waits for the save and writes its checksums
+        logging.warning("%s: stopped after step %d with a checkpoint", stop.signal_name, done)
+        return preemption.Preempted(done, stop.signal_name, checkpointer.directory)
+
     for step in range(start_step, total):
-        if net.connectivity == "learned" and step == ends[0]:
-            # Phase 2 starts: freeze each block's inputs to the top-K of its row.
-            state = state._replace(connectivity=masks.top_k(state.params["masks"], net.fan_in))
-            if is_writer:
-                live = prune.live_blocks(np.asarray(state.connectivity))
+        # The state, not the step number, says whether the masks are frozen: a run
+        # resumed past the end of phase 1 (another schedule, with --force_resume)
+        # freezes at its first step, exactly once.
+        if connectivity.must_freeze(net, phase=schedule.phase(step), frozen=frozen):
+            state = freeze_masks(net, state)
+            frozen = True
+            if is_writer and net.connectivity == "learned":
+                live = prune.live_blocks(np.asarray(state.fixed_masks))
                 run_outputs.write_json(
                     os.path.join(workdir, "connectivity_frozen.json"),
                     {
                         "step": step,
                         **run_outputs.connectivity_record(
-                            net, state.connectivity, state.params["masks"], live
+                            net, state.fixed_masks, state.params["masks"], live
                         ),
                     },
                 )
             logging.info(
-                "Step %d: connectivity frozen to the top-%d of the masks", step, net.fan_in
+                "Step %d: masks frozen (%s)",
+                step,
+                connectivity.source(net.connectivity, frozen=True, train=True),
             )
-        learn = learns_masks and step < ends[0]
         images, labels = place("train", data.train_batch(step, place.rows["train"]))
-        state, metrics = step_fns[learn](state, images, labels)
+        state, metrics = step_fns[frozen](state, images, labels)
         pending.append(metrics)
         checkpointer.record_finished()  # checksums of the last save, once it is done
         done = step + 1
@@ -470,7 +569,7 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
             flush_metrics(done)
         if done % eval_every == 0 or phase_end:
             flush_metrics(done)
-            result = run_evaluation(state)
+            result = run_evaluation(state, frozen)
             writer.write(
                 done,
                 {
@@ -500,31 +599,33 @@ def _train_and_evaluate(config, workdir: str, stop: preemption.StopRequests) -> 
         else:
             stopping = stop.requested
         if stopping and done < total:
-            flush_metrics(done)
-            if saved != done:
-                checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
-            progress.close()
-            writer.close()
-            checkpointer.close()  # waits for the save and writes its checksums
-            logging.warning("%s: stopped after step %d with a checkpoint", stop.signal_name, done)
-            raise preemption.Preempted(done, stop.signal_name, checkpointer.directory)
+            raise stopped(done)
     flush_metrics(total)
     progress.close()
     checkpointer.wait()
 
+    # The last step is saved: a stop from here on only has to skip the outputs, which
+    # the same command writes again (it resumes at the last step).
+    def honour_stop():
+        if distributed.any_process(stop.requested):
+            raise stopped(total)
+
+    honour_stop()
     if final is None:  # resumed from the last step: nothing was evaluated in this process
-        final = run_evaluation(state)
+        final = run_evaluation(state, frozen)
+        honour_stop()
     summary = run_outputs.finish(
         config,
         workdir,
         net,
         state,
-        eval_connectivity(net, state),
+        eval_masks(net, state, frozen=frozen),
         data,
         final,
         wall_seconds=time.time() - start_time,
         is_writer=is_writer,
     )
+    honour_stop()
     writer.close()
     checkpointer.close()
     return summary

@@ -57,12 +57,18 @@ def _plain(value):
 
 
 def read_records(path: str) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (a torn last line is skipped)."""
+    """The records of a ``metrics.jsonl`` file.
+
+    A line that is not a JSON object (a torn last line, bytes that are not UTF-8 from
+    a write cut by a crash) is skipped, so a run can always resume after one.
+    """
     records = []
-    with open(path) as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records

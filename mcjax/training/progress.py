@@ -70,6 +70,8 @@ class Progress:
         return line.strip()
 
     def close(self) -> None:
+        """Ends the bar's line (once: a second call does nothing)."""
         if self.interactive and self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+        self.enabled = False

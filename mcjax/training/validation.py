@@ -28,19 +28,21 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from mcjax.architectures import STEMS, Architecture, get_architecture
-from mcjax.blocks import BRANCH_IMPLS
-from mcjax.models import AGGREGATIONS, CONNECTIVITIES, DTYPES
+from mcjax.models import Network
+from mcjax.training import from_config
 
 __all__ = [
     "DATASETS",
-    "MODEL_DATA_FIELDS",
+    "MAX_SEED",
     "NUM_PHASES",
-    "RESUMABLE_MODEL_FIELDS",
+    "RESUMABLE_FIELDS",
     "ConfigError",
+    "check_batches_fit",
     "check_workdir_matches",
     "validate_config",
 ]
@@ -65,15 +67,26 @@ _IMAGE_SHAPES: dict[str, tuple[int | None, int]] = {
 # any number of class subfolders).
 _NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
-_MASKED_CONNECTIVITIES = ("learned", "real")  # the ones with trainable masks
 
-# config.data fields that shape the network or its head, compared on resume.
-MODEL_DATA_FIELDS = ("name", "num_classes", "image_size", "channels")
+# The config fields that may change when a run is resumed: bookkeeping that does not
+# change what is trained, how the same function of the same parameters is computed
+# (mcjax.blocks.BRANCH_IMPLS; parameters stay float32), and the initial values, which a
+# resumed run reads from its checkpoint instead. Every other field is compared.
+RESUMABLE_FIELDS = (
+    "log_every_steps",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "debug_inject_nan_at_step",
+    "data.data_dir",
+    "model.branch_impl",
+    "model.dtype",
+    "model.zero_init_residual",
+)
 
-# config.model fields that may change on resume: they choose how the same function of
-# the same parameters is computed (mcjax.blocks.BRANCH_IMPLS; parameters stay float32),
-# or only the initial values, which a resumed run reads from its checkpoint.
-RESUMABLE_MODEL_FIELDS = ("branch_impl", "dtype", "zero_init_residual")
+# Seeds that both jax.random.key and numpy accept.
+MAX_SEED = 2**32 - 1
 
 _MISSING = object()
 
@@ -205,8 +218,28 @@ class _Checker:
 
     # ------------------------------------------------------------------ sections
 
+    def refused(self, path: str, value: Any, error: Exception, context: str = "") -> None:
+        """Records an object's refusal of ``config.<path>`` as the field's sentence.
+
+        ``"fan_in K must satisfy 1 <= K <= C = 8, got 9"`` becomes
+        ``"config.model.fan_in is 9, but it must satisfy 1 <= K <= C = 8."``.
+        """
+        reason = re.sub(r",? got .*$", "", str(error).strip().rstrip("."), flags=re.S)
+        if " must " in reason:
+            text = f"config.{path} is {value!r}, but it must {reason.split(' must ', 1)[1]}"
+        else:
+            text = f"config.{path} is {value!r}, which is not valid: {reason}"
+        self.problems.append(_sentence(text + context))
+
     def model(self) -> tuple[Architecture | None, str | None]:
-        """Checks ``config.model``; returns the architecture and connectivity if valid."""
+        """Checks ``config.model`` by building its objects; returns the architecture and
+        connectivity if valid.
+
+        The rules live in the objects (:func:`~mcjax.architectures.get_architecture`,
+        :class:`~mcjax.models.Network`, :mod:`mcjax.training.from_config`); each field
+        is tried on its own (the others left at the objects' defaults), so every bad
+        field gives one sentence and one bad field gives exactly one.
+        """
         stems = f"'' (the architecture's own) or one of {_choices(STEMS)}"
         stem = self.present("model.stem", stems)
         stem_ok = stem is _MISSING or stem is None or stem == "" or stem in STEMS
@@ -231,35 +264,69 @@ class _Checker:
                         _sentence(f"config.model.arch is {name!r}, which is not valid: {reason}")
                     )
 
-        connectivity = self.choice("model.connectivity", CONNECTIVITIES)
-        self.choice("model.aggregation", AGGREGATIONS)
-        self.choice("model.branch_impl", BRANCH_IMPLS)
-        self.choice("model.dtype", tuple(DTYPES))
-        self.number("model.mask_init", "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        # Types first: the objects compare values, they do not check types.
+        strings = ("connectivity", "aggregation", "branch_impl", "dtype")
+        values = {field: self.present(f"model.{field}", "a string") for field in strings}
+        for field, value in values.items():
+            if value is not _MISSING and not isinstance(value, str):
+                self.bad(f"model.{field}", value, "a string")
+                values[field] = _MISSING
+        mask_init = self.present("model.mask_init", "a number in [0, 1]")
+        if mask_init is not _MISSING and not _is_number(mask_init):
+            self.bad("model.mask_init", mask_init, "a number in [0, 1]")
+            mask_init = _MISSING
+
+        # Each field on a network that is otherwise the objects' defaults.
+        probe = arch or get_architecture("11,2,4")
+        network_fields = {
+            "connectivity": values["connectivity"],
+            "aggregation": values["aggregation"],
+            "branch_impl": values["branch_impl"],
+            "mask_init": mask_init,
+        }
+        valid: dict[str, Any] = {}
+        for field, value in network_fields.items():
+            if value is _MISSING:
+                continue
+            kwargs = {field: float(value) if field == "mask_init" else value}
+            if field == "connectivity":
+                kwargs["fan_in"] = 1  # every cardinality allows K = 1
+            try:
+                Network(probe, num_classes=1, **kwargs)
+            except ValueError as error:
+                self.refused(f"model.{field}", value, error)
+            else:
+                valid[field] = value
+        if values["dtype"] is not _MISSING:
+            try:
+                from_config.compute_dtype(values["dtype"])
+            except ValueError as error:
+                self.refused("model.dtype", values["dtype"], error)
 
         zero_init = self.present("model.zero_init_residual", "'auto', True or False")
-        if zero_init is not _MISSING and not (zero_init == "auto" or isinstance(zero_init, bool)):
-            self.bad(
-                "model.zero_init_residual",
-                zero_init,
-                "'auto' (on for connectivity 'full' only), True or False",
-            )
+        if zero_init is not _MISSING:
+            try:
+                from_config.zero_init_residual(zero_init, connectivity="learned")
+            except ValueError as error:
+                self.refused("model.zero_init_residual", zero_init, error)
 
         self.boolean("model.full_per_branch_bn")
 
+        connectivity = valid.get("connectivity")
         fan_in = self.present("model.fan_in", "an int K with 1 <= K <= C")
         if fan_in is not _MISSING:
             if not _is_int(fan_in):
                 self.bad("model.fan_in", fan_in, "an int K with 1 <= K <= C")
-            elif connectivity not in (None, "full") and arch is not None:
-                cardinality = arch.cardinality
-                if not 1 <= fan_in <= cardinality:
-                    self.bad(
+            elif connectivity is not None and arch is not None:
+                try:
+                    Network(arch, num_classes=1, connectivity=connectivity, fan_in=int(fan_in))
+                except ValueError as error:
+                    self.refused(
                         "model.fan_in",
                         fan_in,
-                        f"an int K with 1 <= K <= C = {cardinality}, the cardinality of "
-                        f"architecture {arch.name!r} (connectivity {connectivity!r}; "
-                        "only 'full' ignores K)",
+                        error,
+                        f" (C is the cardinality of architecture {arch.name!r}; connectivity "
+                        f"{connectivity!r}; only 'full' ignores K)",
                     )
         return arch, connectivity
 
@@ -331,7 +398,13 @@ class _Checker:
             "a learning rate > 0",
             lambda v: v > 0,
         )
-        if connectivity in _MASKED_CONNECTIVITIES:
+        masked = (
+            connectivity is not None
+            and Network(
+                get_architecture("11,2,4"), num_classes=1, connectivity=connectivity, fan_in=1
+            ).has_masks
+        )
+        if masked:
             self.number(
                 "mask_learning_rate",
                 f"a number > 0 with connectivity {connectivity!r} (the masks are trained "
@@ -349,9 +422,10 @@ class _Checker:
         self.positive_int("checkpoint_every_steps")
         self.positive_int("keep_checkpoints")
         self.number("eval_every_epochs", "a number of epochs > 0", lambda v: v > 0)
-        seed = self.present("seed", "an int")
-        if seed is not _MISSING and not _is_int(seed):
-            self.bad("seed", seed, "an int")
+        allowed = f"an int in [0, {MAX_SEED}]"
+        seed = self.present("seed", allowed)
+        if seed is not _MISSING and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
+            self.bad("seed", seed, allowed)
         nan_step = self.get("debug_inject_nan_at_step")
         if nan_step is not _MISSING and (not _is_int(nan_step) or nan_step < -1):
             self.bad("debug_inject_nan_at_step", nan_step, "-1 (off) or a step >= 0")
@@ -392,29 +466,56 @@ def validate_config(config: Any, *, num_devices: int = 1) -> None:
         raise ConfigError(checker.problems)
 
 
+def check_batches_fit(config: Any, *, num_train: int, num_test: int, data_name: str) -> None:
+    """Refuses batches larger than the data (known once the data set is loaded).
+
+    Raises:
+      ConfigError: one sentence per field naming the most it may be.
+    """
+    problems = []
+    for field, count, what in (
+        ("batch_size", num_train, "training"),
+        ("eval_batch_size", num_test, "test"),
+    ):
+        size = int(config[field])
+        if size > count:
+            problems.append(
+                f"config.{field} is {size}, but it must be at most {count}, the {what} "
+                f"examples of {data_name}."
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
 def _plain(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(value))
 
 
-def _as_dict(section: Any) -> dict:
-    if hasattr(section, "to_dict"):
-        section = section.to_dict()
-    return dict(section)
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.fan_in": 4, ...}`` of a nested dict, in its order."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> None:
-    """Refuses to resume a run of a different network in ``workdir``.
+    """Refuses to resume the run in ``workdir`` with a config that would train another run.
 
     ``workdir/config.json`` is written by :func:`mcjax.training.loop.train_and_evaluate`
-    (``json.dump(config.to_dict())``). When it exists, the fields that define the
-    network are compared with ``config``: every ``config.model`` field except
-    :data:`RESUMABLE_MODEL_FIELDS` (how the same function is computed), and
-    ``config.data`` ``name``, ``num_classes``, ``image_size`` and ``channels``.
-    Everything else (logging, checkpointing, schedule, ...) may change on resume.
-    ``fan_in`` is not compared when both runs use connectivity ``'full'`` (which
-    ignores it), nor is a field that one of the two configs does not have (a file
-    written before the field existed).
+    (``config.to_dict()``). When it exists, every field is compared with ``config``
+    except :data:`RESUMABLE_FIELDS`, the bookkeeping that does not change what is
+    trained (logging, evaluation and checkpoint intervals, checkpoints kept, the eval
+    batch, the data's location) and the two ``config.model`` fields that choose how the
+    same function of the same parameters is computed. So the network, the data, the
+    schedule (``phase_epochs``, ``batch_size``, learning rates, ...), the optimizer and
+    the seed must be those of the run that is resumed. ``fan_in`` is not compared when
+    both runs use connectivity ``'full'`` (which ignores it), nor is a field that one
+    of the two configs does not have (a file written before the field existed).
 
     Args:
       workdir: the run's directory.
@@ -422,9 +523,9 @@ def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> 
       force: skip the check (``--force_resume``).
 
     Raises:
-      ConfigError: naming the first differing field, both values, and how to
-        override (``--force_resume``) or avoid it (a new ``--workdir``); also when
-        ``config.json`` cannot be read.
+      ConfigError: one sentence naming the first differing field, both values, and
+        how to override (``--force_resume``) or avoid it (a new ``--workdir``); also
+        when ``config.json`` cannot be read.
     """
     if force:
         return
@@ -433,7 +534,7 @@ def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> 
         return
     override = "pass --force_resume to resume it anyway, or use a new --workdir"
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             previous = json.load(f)
     except (OSError, ValueError) as error:
         raise ConfigError(
@@ -442,27 +543,19 @@ def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> 
     if not isinstance(previous, dict):
         raise ConfigError(f"{path} does not hold a config; {override}.")
 
-    current = {"model": _as_dict(config.model), "data": _as_dict(config.data)}
-    before = {
-        "model": previous.get("model") if isinstance(previous.get("model"), dict) else {},
-        "data": previous.get("data") if isinstance(previous.get("data"), dict) else {},
-    }
-    both_full = (
-        before["model"].get("connectivity") == "full" == current["model"].get("connectivity")
-    )
-    fields = [
-        ("model", key)
-        for key in current["model"]
-        if key not in RESUMABLE_MODEL_FIELDS and not (key == "fan_in" and both_full)
-    ]
-    fields += [("data", key) for key in MODEL_DATA_FIELDS]
-    for section, key in fields:
-        if key not in current[section] or key not in before[section]:
+    current = _flat(_plain(config.to_dict() if hasattr(config, "to_dict") else dict(config)))
+    before = _flat(previous)
+    both_full = before.get("model.connectivity") == "full" == current.get("model.connectivity")
+    for field, now in current.items():
+        if field in RESUMABLE_FIELDS or field not in before:
             continue
-        now, then = _plain(current[section][key]), before[section][key]
+        if field == "model.fan_in" and both_full:
+            continue
+        then = before[field]
         if now != then:
+            shown = tuple(then) if isinstance(then, list) else then
             raise ConfigError(
-                f"config.{section}.{key} is {now!r}, but the run in {workdir} used {then!r} "
-                f"(see {path}); its checkpoints are of that network: set "
-                f"--config.{section}.{key}={then}, {override}."
+                f"config.{field} is {now!r}, but the run in {workdir} used {then!r} "
+                f"(see {path}); a resumed run must continue that run exactly: set "
+                f"--config.{field}={shown}, {override}."
             )
