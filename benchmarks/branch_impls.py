@@ -7,7 +7,7 @@ r"""Train-step speed of each formulation of the C branches (``mcjax.blocks.BRANC
 where a formulation only changes the 3x3 convs; ``--connectivities full_per_branch_bn``
 adds the per-branch-BN ablation. For each formulation x connectivity, jit-compiles the
 real training step
-(:func:`mcjax.training.loop.train_step`, SGD-momentum + clipped mask SGD, donated
+(:func:`mcjax.training.steps.train_step`, SGD-momentum + clipped mask SGD, donated
 state), runs ``--warmup`` steps, then times ``--steps`` fully synchronised steps
 and reports the median images/s, the compile seconds and the ratio to the
 fastest ``full`` formulation. Prints a table and writes JSON (``--out``).

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput
 
 from mcjax import blocks, masks, optim
-from mcjax.training import loop
+from mcjax.training import steps
 
 _aggregate = masks.aggregate
 
@@ -90,7 +90,7 @@ _TX = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight
 @functools.cache
 def _initial_state(net):
     # Compiled once per network (the branch formulation does not change the state).
-    return jax.jit(loop.create_state, static_argnums=(0, 1))(net, _TX, jax.random.key(0))
+    return jax.jit(steps.create_state, static_argnums=(0, 1))(net, _TX, jax.random.key(0))
 
 
 def compiled_step(arch, connectivity, impl, *, batch, image_size, num_classes, fan_in, dtype):
@@ -101,7 +101,7 @@ def compiled_step(arch, connectivity, impl, *, batch, image_size, num_classes, f
     images, labels = throughput._batch(batch, image_size, num_classes)
     step = jax.jit(
         functools.partial(
-            loop.train_step, net=net, tx=tx, key=jax.random.key(3), learn_masks=net.has_masks
+            steps.train_step, net=net, tx=tx, key=jax.random.key(3), frozen=not net.has_masks
         ),
         donate_argnums=0,
     )

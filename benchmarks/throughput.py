@@ -9,7 +9,7 @@ For each architecture x connectivity (``full``: ResNeXt; ``learned``: phase 1, m
 sampled and learned; ``random``: a fixed K-hot connectivity; on request
 ``full_per_branch_bn``, the ablation with the masked modes' parameters) x compute
 dtype (``float32``; ``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
-real training step (:func:`mcjax.training.loop.train_step`, donated state) is compiled
+real training step (:func:`mcjax.training.steps.train_step`, donated state) is compiled
 ahead of time, run ``--warmup`` times, then ``--steps`` fully synchronised steps
 are timed and the median reported: images/s, compile seconds, achieved TFLOP/s
 (3 x the forward FLOPs of :mod:`mcjax.costs`), the wall time the paper's 320-epoch
@@ -42,7 +42,7 @@ import numpy as np
 from mcjax import blocks, costs, models, optim, prune
 from mcjax.architectures import get_architecture
 from mcjax.data import in_memory, sources
-from mcjax.training import loop
+from mcjax.training import steps as training_steps
 
 CONNECTIVITIES = ("full", "learned", "random")
 
@@ -136,11 +136,15 @@ def train_row(
     """One row: the train step of ``arch`` in ``connectivity`` mode and compute ``dtype``."""
     net = _network(arch, connectivity, dtype, fan_in, num_classes, impl)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = jax.jit(loop.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
+    state = jax.jit(training_steps.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
     images, labels = _batch(batch, image_size, num_classes)
     step = jax.jit(
         functools.partial(
-            loop.train_step, net=net, tx=tx, key=jax.random.key(3), frozen=not net.has_masks
+            training_steps.train_step,
+            net=net,
+            tx=tx,
+            key=jax.random.key(3),
+            frozen=not net.has_masks,
         ),
         donate_argnums=0,
     )

@@ -44,6 +44,7 @@ from mcjax.training import (
     distributed,
     loop,
     preemption,
+    resume_rules,
     run_outputs,
     validation,
     workdir_lock,
@@ -187,7 +188,7 @@ def main(argv):
         sys.exit(preemption.EXIT_BAD_INPUT)
     try:  # every field, before anything is loaded or compiled
         validation.validate_config(config, num_devices=jax.device_count())
-        validation.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
+        resume_rules.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
         mismatch = distributed.check_same_config(config.to_dict(), workdir)
         if mismatch:
             raise validation.ConfigError(mismatch)

@@ -217,7 +217,7 @@ def apply(
       images: ``[N, H, W, in_channels]``, any float dtype (cast to ``net.dtype``).
       connectivity: ``None`` for ``full``; otherwise the masks of modules
         ``2..L``, as ``[L-1, C, C]`` or a sequence of ``[C_i, C_{i-1}]`` (the
-        training program's choice is :mod:`mcjax.training.connectivity`). When
+        training program's choice is :mod:`mcjax.connectivity`). When
         ``params`` has ``masks``, their gradient is the straight-through one of
         :func:`mcjax.masks.aggregate`.
       train: batch statistics and updated running statistics when True.

@@ -87,7 +87,7 @@ def data_parallel_train_step(train_step, mesh: Mesh, **static):
     """``jit(shard_map(train_step))`` with the state replicated and the batch split.
 
     Args:
-      train_step: :func:`mcjax.training.loop.train_step` (it takes ``axis_name``).
+      train_step: :func:`mcjax.training.steps.train_step` (it takes ``axis_name``).
       mesh: from :func:`make_mesh`.
       **static: ``net``, ``tx``, ``key``, ``frozen`` for ``train_step``.
 

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from mcjax.training import from_config, loop, preemption, run_outputs
+from mcjax.training import from_config, loop, preemption, run_outputs, steps
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -109,8 +109,8 @@ def _steps(workdir) -> list[int]:
 
 def _template(config):
     net = from_config.network(config)
-    tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
-    return loop.create_state(net, tx, jax.random.key(0))
+    tx = from_config.optimizer(config, from_config.schedule(config, 1437))
+    return steps.create_state(net, tx, jax.random.key(0))
 
 
 def _resume(config, workdir) -> dict:

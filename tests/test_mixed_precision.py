@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mcjax import architectures, models, optim
-from mcjax.training import loop
+from mcjax.training import steps
 
 ARCH = architectures.get_architecture("11,2,4")
 
@@ -16,12 +16,12 @@ ARCH = architectures.get_architecture("11,2,4")
 def _step(dtype, connectivity):
     net = models.Network(ARCH, num_classes=10, connectivity=connectivity, fan_in=2, dtype=dtype)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = loop.create_state(net, tx, jax.random.key(0))
+    state = steps.create_state(net, tx, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     labels = jnp.arange(8) % 10
     step = jax.jit(
         functools.partial(
-            loop.train_step, net=net, tx=tx, key=jax.random.key(2), frozen=not net.has_masks
+            steps.train_step, net=net, tx=tx, key=jax.random.key(2), frozen=not net.has_masks
         )
     )
     return state, *step(state, images, labels)

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcjax import blocks, layers, masks, models
+from mcjax import blocks, connectivity, layers, masks, models
 from mcjax.architectures import PAPER_ARCHITECTURES, Architecture, ModuleSpec, get_architecture
-from mcjax.training import connectivity
 
 C = 3
 K = 2
@@ -105,7 +104,7 @@ def _loss(logits):
 
 
 def _policy_masks(net, params, *, key=None, fixed=None):
-    """The masks of mcjax.training.connectivity: the fixed ones when given, else sampled."""
+    """The masks of mcjax.connectivity: the fixed ones when given, else sampled."""
     return connectivity.step_masks(
         net, params, fixed, frozen=fixed is not None, train=True, key=key
     )

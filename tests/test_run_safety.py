@@ -28,8 +28,16 @@ from test_faults import _ENV, REPO_ROOT, _message_lines, _steps, _template, tiny
 from test_train import digits_config
 
 from configs import digits, imagenet
-from mcjax import masks
-from mcjax.training import connectivity, loop, preemption, run_outputs, validation
+from mcjax import connectivity, masks
+from mcjax.training import (
+    from_config,
+    loop,
+    preemption,
+    resume_rules,
+    run_outputs,
+    steps,
+    validation,
+)
 from mcjax.training.checkpoint import Checkpointer, CheckpointMismatch
 from mcjax.training.metric_writers import MetricWriter, read_records
 from mcjax.training.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
@@ -88,7 +96,7 @@ def test_case1_resume_with_another_schedule_is_refused_naming_the_field(tmp_path
     config = digits_config()
     config[field] = value
     with pytest.raises(validation.ConfigError) as info:
-        validation.check_workdir_matches(str(tmp_path), config)
+        resume_rules.check_workdir_matches(str(tmp_path), config)
     assert len(info.value.problems) == 1
     assert f"config.{field} is " in str(info.value) and "--force_resume" in str(info.value)
 
@@ -135,8 +143,8 @@ def test_case1_one_policy_decides_the_masks_of_every_mode():
     }
     for (mode, frozen, train), expected in table.items():
         assert connectivity.source(mode, frozen=frozen, train=train) == expected
-    net = loop.from_config.network(digits_config())
-    state = loop.create_state(net, loop.make_optimizer(digits_config(), _schedule()), _KEY)
+    net = from_config.network(digits_config())
+    state = steps.create_state(net, from_config.optimizer(digits_config(), _schedule()), _KEY)
     assert not bool(state.masks_frozen) and float(np.asarray(state.fixed_masks).sum()) > 0
     assert connectivity.must_freeze(net, phase=2, frozen=False)
     assert not connectivity.must_freeze(net, phase=1, frozen=False)
@@ -147,7 +155,7 @@ _KEY = jax.random.key(0)
 
 
 def _schedule():
-    return loop.Schedule.from_config(digits_config(), 1437)
+    return from_config.schedule(digits_config(), 1437)
 
 
 # ------------------------------------------------------ 2: restore of another network
@@ -340,7 +348,7 @@ def test_case6_another_seed_on_resume_is_refused(uninterrupted, tmp_path):
     config = digits_config()
     config.seed = 1
     with pytest.raises(validation.ConfigError, match=r"config\.seed is 1, .* used 0"):
-        validation.check_workdir_matches(str(tmp_path), config)
+        resume_rules.check_workdir_matches(str(tmp_path), config)
     # Without config.json, the checkpoint's own record of the seed refuses it.
     _, whole, _ = uninterrupted
     workdir = tmp_path / "run"
@@ -424,7 +432,7 @@ def test_case7_cost_table_runs_outside_the_repository_and_shows_the_stem_stride(
 def test_bookkeeping_may_change_on_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(digits.get_config().to_dict()))
     config = digits.get_config()
-    for field in validation.RESUMABLE_FIELDS:
+    for field in resume_rules.RESUMABLE_FIELDS:
         *parents, leaf = field.split(".")
         node = config
         for part in parents:
@@ -441,13 +449,13 @@ def test_bookkeeping_may_change_on_resume(tmp_path):
             node[leaf] = value * 2
         else:
             node[leaf] = value + 3
-    validation.check_workdir_matches(str(tmp_path), config)
+    resume_rules.check_workdir_matches(str(tmp_path), config)
 
 
 def test_every_other_field_is_compared_on_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(digits.get_config().to_dict()))
-    flat = validation._flat(digits.get_config().to_dict())
-    compared = [f for f in flat if f not in validation.RESUMABLE_FIELDS]
+    flat = resume_rules._flat(digits.get_config().to_dict())
+    compared = [f for f in flat if f not in resume_rules.RESUMABLE_FIELDS]
     assert {"seed", "batch_size", "phase_epochs", "model.arch", "data.name"} <= set(compared)
     for field in compared:
         tree = digits.get_config().to_dict()
@@ -458,4 +466,4 @@ def test_every_other_field_is_compared_on_resume(tmp_path):
         node[leaf] = "changed"
         config = ml_collections.ConfigDict(tree, type_safe=False)
         with pytest.raises(validation.ConfigError, match=re.escape(f"config.{field} is 'changed'")):
-            validation.check_workdir_matches(str(tmp_path), config)
+            resume_rules.check_workdir_matches(str(tmp_path), config)

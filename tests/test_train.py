@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
 from mcjax import masks
-from mcjax.training import from_config, loop
+from mcjax.training import from_config, loop, steps
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -199,8 +199,8 @@ def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
     assert frozen["step"] == 9
 
     net = from_config.network(config)
-    tx = loop.make_optimizer(config, loop.Schedule.from_config(config, 1437))
-    template = loop.create_state(net, tx, jax.random.key(0))
+    tx = from_config.optimizer(config, from_config.schedule(config, 1437))
+    template = steps.create_state(net, tx, jax.random.key(0))
     checkpoints = Checkpointer(str(workdir))
     end_of_phase_1, _ = checkpoints.restore(9, template)
     last, _ = checkpoints.restore(22, template)

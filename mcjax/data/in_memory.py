@@ -72,6 +72,7 @@ class InMemoryInput:
         image_size: int,
     ):
         spec = registry.get(data.name)
+        self.spec = spec  # the data set's entry of mcjax.data.registry
         self.name = data.name
         self.num_classes = data.num_classes
         self.num_train = int(data.train_images.shape[0])
@@ -135,6 +136,7 @@ class StreamingInput:
     ):
         from mcjax.data import streaming
 
+        self.spec = registry.get(name)
         self.name = name
         self.source = streaming.ImageNetInput(
             data_dir=data_dir or None,
@@ -142,7 +144,7 @@ class StreamingInput:
             seed=seed,
             global_batch_size=batch_size,
         )
-        self.num_classes = registry.get(name).num_classes
+        self.num_classes = self.spec.num_classes
         self.num_train = self.source.num_train
         self.num_test = self.source.num_test
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size

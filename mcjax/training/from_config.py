@@ -5,8 +5,18 @@ from __future__ import annotations
 from mcjax.architectures import get_architecture
 from mcjax.data import in_memory
 from mcjax.models import DTYPES, Network
+from mcjax.training import schedule as schedule_lib
+from mcjax.training.schedule import Schedule
 
-__all__ = ["compute_dtype", "data_input", "network", "zero_init_residual"]
+__all__ = [
+    "compute_dtype",
+    "data_input",
+    "learning_rates",
+    "network",
+    "optimizer",
+    "schedule",
+    "zero_init_residual",
+]
 
 
 def zero_init_residual(value, *, connectivity: str) -> bool:
@@ -68,4 +78,32 @@ def data_input(config, *, key):
         key=key,
         num_classes=int(data.num_classes),
         options={field: data[field] for field in _LOADER_OPTIONS if field in data},
+    )
+
+
+def schedule(config, num_train: int) -> Schedule:
+    """The phases of ``config.phase_epochs`` in steps of ``config.batch_size``."""
+    return Schedule.from_epochs(
+        config.phase_epochs, num_train=num_train, batch_size=int(config.batch_size)
+    )
+
+
+def learning_rates(config, phases: Schedule):
+    """``(weights, masks)`` learning rates (:func:`mcjax.training.schedule.learning_rates`)."""
+    return schedule_lib.learning_rates(
+        phases,
+        weight_learning_rates=tuple(config.weight_learning_rates),
+        mask_learning_rate=float(config.mask_learning_rate),
+    )
+
+
+def optimizer(config, phases: Schedule):
+    """The optimizer of ``config`` (:func:`mcjax.training.schedule.make_optimizer`)."""
+    return schedule_lib.make_optimizer(
+        phases,
+        weight_learning_rates=tuple(config.weight_learning_rates),
+        mask_learning_rate=float(config.mask_learning_rate),
+        weight_decay=float(config.weight_decay),
+        momentum=float(config.momentum),
+        decay_norm_and_bias=bool(config.decay_norm_and_bias),
     )

@@ -1,353 +1,45 @@
-"""The paper's four-phase training (appendix E, docs/design.md §6), end to end.
+"""The training program: the paper's four phases end to end (appendix E, docs/design.md §6).
 
-Phase 1 trains weights and masks jointly (K-hot masks sampled every step from
-the real-valued ones, straight-through gradients); at the start of phase 2 each
-block's connectivity is frozen to the top-K of its real-valued row; phases 2-4
-fine-tune the weights with learning rates from the config. Then the dead blocks
-are pruned. Everything random is a pure function of ``config.seed`` and the
-step, so a run resumed from a checkpoint retraces the same path bit for bit.
-
-``train_step`` and ``eval_step`` are pure module-level functions;
-``train_and_evaluate(config, workdir)`` is the program.
+``train_and_evaluate(config, workdir)`` reads the config once, at its edge, and runs the
+pure steps of :mod:`mcjax.training.steps` over the phases of
+:mod:`mcjax.training.schedule`. Phase 1 trains weights and masks jointly; when phase 2
+starts the masks are frozen (:mod:`mcjax.connectivity`, recorded in the checkpointed
+state); phases 2-4 fine-tune the weights; then the dead blocks are pruned and the run's
+outputs written (:mod:`mcjax.training.run_outputs`). Everything random is a pure function
+of ``config.seed`` and the step, so a resumed run retraces the same path bit for bit.
+Its resources (workdir lock, signal handlers, checkpointer, writers) live in one
+``contextlib.ExitStack``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import json
 import os
 import time
-from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
-from mcjax import masks, models, optim, parallel, prune
+from mcjax import connectivity, parallel, prune
 from mcjax.training import (
-    connectivity,
     distributed,
     from_config,
+    placement,
     preemption,
+    resume_rules,
     run_outputs,
+    steps,
     validation,
     workdir_lock,
 )
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import MetricWriter
 from mcjax.training.progress import Progress
+from mcjax.training.train_log import TrainLog
 
-
-class TrainState(NamedTuple):
-    """Everything a run needs to continue; a pytree.
-
-    Attributes:
-      step: int32 scalar, the number of steps taken.
-      params: network parameters (with ``masks`` in ``learned``/``real`` modes).
-      batch_stats: BN running statistics.
-      opt_state: the :func:`mcjax.optim.maskconnect` state.
-      fixed_masks: the fixed K-hot masks ``[L-1, C, C]`` float32 (``random``: drawn at
-        init; ``learned``: the top-K taken when frozen); ``None`` for ``full``/``real``.
-        Which masks a step uses is decided by :mod:`mcjax.training.connectivity`.
-      masks_frozen: bool scalar: the masks no longer learn (phases 2-4; from the
-        start for ``full``/``random``). Checkpointed, so a resumed run knows it.
-    """
-
-    step: jax.Array
-    params: dict
-    batch_stats: dict
-    opt_state: Any
-    fixed_masks: jax.Array | None
-    masks_frozen: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Phase lengths in steps: the one place where epochs become steps."""
-
-    steps_per_epoch: int
-    phase_steps: tuple[int, ...]
-
-    @classmethod
-    def from_config(cls, config, num_train: int) -> Schedule:
-        steps_per_epoch = num_train // int(config.batch_size)
-        if steps_per_epoch < 1:
-            raise ValueError(
-                f"batch_size {config.batch_size} is larger than the {num_train} training examples"
-            )
-        phase_steps = tuple(max(1, round(float(e) * steps_per_epoch)) for e in config.phase_epochs)
-        return cls(steps_per_epoch, phase_steps)
-
-    @property
-    def phase_ends(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in np.cumsum(self.phase_steps))
-
-    @property
-    def total_steps(self) -> int:
-        return self.phase_ends[-1]
-
-    def phase(self, step: int) -> int:
-        """Phase (1-based) of the step about to run."""
-        return 1 + int(np.searchsorted(np.asarray(self.phase_ends), step, side="right"))
-
-    def epoch(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
-
-def learning_rates(config, schedule: Schedule) -> tuple[optax.Schedule, optax.Schedule]:
-    """Weights: the per-phase rates; masks: ``mask_learning_rate`` in phase 1, then 0."""
-    if len(config.weight_learning_rates) != len(config.phase_epochs):
-        raise ValueError("need one weight learning rate per phase")
-    ends = schedule.phase_ends
-    return (
-        optim.piecewise_constant(ends[:-1], config.weight_learning_rates),
-        optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0]),
-    )
-
-
-def make_optimizer(config, schedule: Schedule) -> optax.GradientTransformation:
-    """The :func:`mcjax.optim.maskconnect` optimizer with the rates of :func:`learning_rates`."""
-    weights_lr, masks_lr = learning_rates(config, schedule)
-    return optim.maskconnect(
-        weight_learning_rate=weights_lr,
-        mask_learning_rate=masks_lr,
-        weight_decay=float(config.weight_decay),
-        momentum=float(config.momentum),
-        decay_norm_and_bias=bool(config.decay_norm_and_bias),
-    )
-
-
-def _cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def train_step(
-    state: TrainState,
-    images: jax.Array,
-    labels: jax.Array,
-    *,
-    net: models.Network,
-    tx: optax.GradientTransformation,
-    key: jax.Array,
-    frozen: bool,
-    axis_name: str | None = None,
-    nan_at_step: int = -1,
-) -> tuple[TrainState, dict]:
-    """One SGD step.
-
-    ``frozen`` (static: it selects the program) is the host's copy of
-    ``state.masks_frozen``. The masks the step uses come from
-    :func:`mcjax.training.connectivity.step_masks` (``learned`` samples K-hot masks
-    with ``fold_in(key, step)`` while the masks learn); only while they learn do the
-    real-valued masks get their (straight-through) gradient. ``nan_at_step >= 0`` makes
-    the loss (and so every gradient) NaN at that step:
-    ``config.debug_inject_nan_at_step``, for tests of the non-finite guard.
-
-    Returns:
-      The new state and scalar metrics: ``loss``, ``accuracy``, ``grad_norm``.
-    """
-    step_key = jax.random.fold_in(key, state.step)
-    params = state.params
-    learn = connectivity.learns_masks(net, frozen=frozen)
-    trainable = params if learn else {k: v for k, v in params.items() if k != "masks"}
-    fixed_params = {} if learn else {k: v for k, v in params.items() if k == "masks"}
-    fixed_masks = state.fixed_masks
-    if axis_name is not None:
-        # Differentiate per-device copies: grad with respect to a replicated value
-        # would already sum over the axis, and the pmean below would leave it N times
-        # too large. The frozen and fixed masks vary too, so that the straight-through
-        # mask cotangent of masks.aggregate has the type of its input.
-        trainable, fixed_params, fixed_masks = jax.tree.map(
-            lambda x: jax.lax.pcast(x, axis_name, to="varying"),
-            (trainable, fixed_params, fixed_masks),
-        )
-
-    def loss_fn(trainable):
-        full = {**trainable, **fixed_params}
-        step_masks = connectivity.step_masks(
-            net, full, fixed_masks, frozen=frozen, train=True, key=step_key
-        )
-        logits, new_stats = models.apply(
-            net,
-            full,
-            state.batch_stats,
-            images,
-            connectivity=step_masks,
-            train=True,
-            axis_name=axis_name,
-        )
-        loss = _cross_entropy(logits, labels)
-        if nan_at_step >= 0:
-            loss = loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0)
-        return loss, (logits, new_stats)
-
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    grads = {**grads, **jax.tree.map(jnp.zeros_like, fixed_params)}
-    if axis_name is not None:
-        grads = jax.lax.pmean(grads, axis_name)
-        loss = jax.lax.pmean(loss, axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    accuracy = (jnp.argmax(logits, -1) == labels).mean()
-    if axis_name is not None:
-        accuracy = jax.lax.pmean(accuracy, axis_name)
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
-    new_state = state._replace(
-        step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=opt_state
-    )
-    return new_state, metrics
-
-
-def eval_masks(net: models.Network, state: TrainState, *, frozen: bool):
-    """The masks evaluated and exported (the top-K of the masks for ``learned`` in phase 1)."""
-    return connectivity.step_masks(net, state.params, state.fixed_masks, frozen=frozen, train=False)
-
-
-def freeze_masks(net: models.Network, state: TrainState) -> TrainState:
-    """The state with its masks frozen (phase 2 starts): ``learned`` fixes the top-K."""
-    return state._replace(
-        fixed_masks=connectivity.freeze(net, state.params, state.fixed_masks),
-        masks_frozen=jnp.ones((), jnp.bool_),
-    )
-
-
-def eval_step(
-    state: TrainState,
-    images: jax.Array,
-    labels: jax.Array,
-    valid: jax.Array,
-    *,
-    net: models.Network,
-    frozen: bool,
-) -> dict:
-    """Sums over the valid examples of a (padded) batch: loss, top-1, top-5, count."""
-    logits, _ = models.apply(
-        net,
-        state.params,
-        state.batch_stats,
-        images,
-        connectivity=eval_masks(net, state, frozen=frozen),
-        train=False,
-    )
-    valid = valid.astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    return {
-        "loss": (losses * valid).sum(),
-        "correct": ((jnp.argmax(logits, -1) == labels) * valid).sum(),
-        "correct_top5": ((top5 == labels[:, None]).any(-1) * valid).sum(),
-        "count": valid.sum(),
-    }
-
-
-def create_state(net: models.Network, tx, key: jax.Array) -> TrainState:
-    """The state before step 0 (masks not frozen where they learn)."""
-    variables = models.init(key, net)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
-        fixed_masks=connectivity.initial_fixed_masks(net, variables),
-        masks_frozen=jnp.asarray(not net.has_masks),
-    )
-
-
-def _data_mesh():
-    """A data-parallel mesh over every device of the job, or None on one device (plain jit)."""
-    mesh = None if jax.device_count() == 1 else parallel.make_mesh()
-    logging.info("%s", distributed.describe(mesh))
-    return mesh
-
-
-class _Placement:
-    """Where batches go: this process's rows of each global batch, as global arrays."""
-
-    def __init__(self, mesh, batch_size: int, eval_batch_size: int):
-        self.mesh = mesh
-        self.sizes = {"train": batch_size, "eval": eval_batch_size}
-        whole = slice(None)
-        self.rows = {
-            kind: whole if mesh is None else parallel.process_rows(mesh, size)
-            for kind, size in self.sizes.items()
-        }
-
-    def __call__(self, kind: str, local):
-        if self.mesh is None:
-            return local
-        return parallel.global_batch(self.mesh, local, self.sizes[kind])
-
-
-def _compiled_steps(net, tx, key, nan_at_step: int, mesh):
-    """The jitted train and eval steps, keyed by whether the masks are frozen."""
-    static = dict(net=net, tx=tx, key=key, nan_at_step=nan_at_step)
-    frozen_values = (False, True)
-    if mesh is None:
-        steps = {
-            frozen: jax.jit(
-                functools.partial(train_step, frozen=frozen, **static), donate_argnums=0
-            )
-            for frozen in frozen_values
-        }
-        evals = {
-            frozen: jax.jit(functools.partial(eval_step, net=net, frozen=frozen))
-            for frozen in frozen_values
-        }
-        return steps, evals
-    steps = {
-        frozen: parallel.data_parallel_train_step(train_step, mesh, frozen=frozen, **static)
-        for frozen in frozen_values
-    }
-    evals = {
-        frozen: parallel.data_parallel_eval_step(eval_step, mesh, net=net, frozen=frozen)
-        for frozen in frozen_values
-    }
-    return steps, evals
-
-
-def _seed_keys(seed: int):
-    root = jax.random.key(seed)
-    # Independent streams: init, per-step mask samples, per-example augmentation.
-    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
-
-
-def evaluate(eval_fn, state: TrainState, batches, place=lambda x: x) -> dict:
-    """Loss, top-1 and top-5 accuracy over every test example (padded batches masked).
-
-    ``batches``: ``(images, labels, valid)`` (this process's rows of each batch, which
-    ``place`` turns into global arrays).
-    """
-    totals = None
-    for batch in batches:
-        sums = eval_fn(state, *place(batch))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-        "loss": float(totals["loss"]) / count,
-        "accuracy": float(totals["correct"]) / count,
-        "accuracy_top5": float(totals["correct_top5"]) / count,
-        "count": int(count),
-    }
-
-
-def _mask_metrics(net, state, previous_top_k):
-    if not net.has_masks:
-        return {}, previous_top_k
-    real = state.params["masks"]
-    current = np.asarray(masks.top_k(real, net.fan_in))
-    changed = 0 if previous_top_k is None else int((current != previous_top_k).sum()) // 2
-    return {
-        "masks/entropy": float(masks.mean_entropy(real)),
-        "masks/changed": changed,
-        "masks/min": float(real.min()),
-        "masks/max": float(real.max()),
-    }, current
+__all__ = ["train_and_evaluate"]
 
 
 def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
@@ -380,25 +72,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
             workdir_lock.WorkdirLock(workdir, is_primary=jax.process_index() == 0)
         )
         stop = resources.enter_context(preemption.StopRequests())
-        return _train_and_evaluate(config, workdir, stop, resources, force_resume)
-
-
-def _check_checkpoint_meta(meta: dict, expected: dict, step: int) -> None:
-    """Refuses a checkpoint made with another seed, model or data set (config.json aside)."""
-    for key in ("seed", "data", "model"):
-        then, now = meta.get(key), expected[key]
-        if key == "model" and isinstance(then, dict):
-            then = {k: v for k, v in then.items() if f"model.{k}" not in _RESUMABLE}
-            now = {k: v for k, v in now.items() if f"model.{k}" not in _RESUMABLE}
-        if then is not None and json.loads(json.dumps(now)) != then:
-            raise validation.ConfigError(
-                f"config.{key} is {now!r}, but the checkpoint of step {step} was made with "
-                f"{then!r}; a resumed run must continue that run exactly: pass --force_resume "
-                "to resume it anyway, or use a new --workdir."
-            )
-
-
-_RESUMABLE = set(validation.RESUMABLE_FIELDS)
+        return _run(config, workdir, stop, resources, force_resume)
 
 
 def _close_all(*closers) -> None:
@@ -410,39 +84,39 @@ def _close_all(*closers) -> None:
             logging.warning("while closing after an error: %s: %s", type(error).__name__, error)
 
 
-def _train_and_evaluate(
-    config, workdir: str, stop: preemption.StopRequests, resources, force_resume: bool
-) -> dict:
+def _write_frozen(workdir: str, step: int, net, state) -> None:
+    """``connectivity_frozen.json``: the connectivity phases 2-4 use, as frozen at ``step``."""
+    live = prune.live_blocks(np.asarray(state.fixed_masks))
+    record = run_outputs.connectivity_record(net, state.fixed_masks, state.params["masks"], live)
+    run_outputs.write_json(
+        os.path.join(workdir, "connectivity_frozen.json"), {"step": step, **record}
+    )
+
+
+def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_resume: bool):
     start_time = time.time()
     is_writer = jax.process_index() == 0
-    multi_process = jax.process_count() > 1
     net = from_config.network(config)
-    init_key, mask_key, augment_key = _seed_keys(int(config.seed))
+    init_key, mask_key, augment_key = steps.seed_keys(int(config.seed))
     data = from_config.data_input(config, key=augment_key)
     validation.check_batches_fit(
         config, num_train=data.num_train, num_test=data.num_test, data_name=data.name
     )
-    schedule = Schedule.from_config(config, data.num_train)
-    tx = make_optimizer(config, schedule)
-
-    mesh = _data_mesh()
-    step_fns, eval_fns = _compiled_steps(
-        net, tx, mask_key, int(config.get("debug_inject_nan_at_step", -1)), mesh
-    )
-    place = _Placement(mesh, data.batch_size, data.eval_batch_size)
+    schedule = from_config.schedule(config, data.num_train)
+    tx = from_config.optimizer(config, schedule)
+    mesh = placement.data_mesh()
+    nan_at_step = int(config.get("debug_inject_nan_at_step", -1))
+    step_fns, eval_fns = steps.compiled_steps(net, tx, mask_key, nan_at_step, mesh)
+    place = placement.Placement(mesh, data.batch_size, data.eval_batch_size)
 
     def run_evaluation(state, frozen: bool):
-        return evaluate(
-            eval_fns[frozen],
-            state,
-            data.eval_batches(place.rows["eval"]),
-            functools.partial(place, "eval"),
-        )
+        batches = data.eval_batches(place.rows["eval"])
+        return steps.evaluate(eval_fns[frozen], state, batches, functools.partial(place, "eval"))
 
     # Made where it lives (replicated over the mesh; the restore keeps these shardings):
     # with several processes a host-local array cannot be device_put onto the mesh.
     state = jax.jit(
-        create_state,
+        steps.create_state,
         static_argnums=(0, 1),
         out_shardings=None if mesh is None else parallel.state_sharding(mesh),
     )(net, tx, init_key)
@@ -460,15 +134,14 @@ def _train_and_evaluate(
     if restored is not None:
         state, meta, latest = restored
         if not force_resume:
-            _check_checkpoint_meta(meta, meta_base, latest)
+            resume_rules.check_checkpoint_meta(meta, meta_base, latest)
         logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
     # Only now, with a state that fits, is anything in the workdir written.
     if is_writer:
         run_outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    start_step = int(state.step)
+    start_step, total, ends = int(state.step), schedule.total_steps, schedule.phase_ends
     frozen = bool(state.masks_frozen)  # the host's copy: it selects the compiled step
     writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
-    total = schedule.total_steps
     progress = Progress(
         total_steps=total,
         start_step=start_step,
@@ -476,6 +149,14 @@ def _train_and_evaluate(
         enabled=is_writer,
     )
     resources.callback(lambda: _close_all(progress.close, writer.close))
+    log = TrainLog(
+        net,
+        schedule,
+        from_config.learning_rates(config, schedule),
+        writer=writer,
+        progress=progress,
+        on_non_finite=lambda: _finish_last_save(checkpointer),
+    )
     logging.info(
         "%s: %d train / %d test examples, %d steps per epoch, phases of %s steps",
         data.name,
@@ -487,48 +168,20 @@ def _train_and_evaluate(
     log_every = max(1, int(config.log_every_steps))
     eval_every = max(1, round(float(config.eval_every_epochs) * schedule.steps_per_epoch))
     save_every = max(1, int(config.checkpoint_every_steps))
-    learns_masks = net.has_masks
-    previous_top_k = None
-    pending: list[dict] = []
-
-    def flush_metrics(step: int):
-        nonlocal previous_top_k
-        if not pending:
-            return
-        fetched = jax.device_get(pending)
-        pending.clear()
-        losses = np.array([m["loss"] for m in fetched])
-        finite = np.isfinite(losses) & np.isfinite([m["grad_norm"] for m in fetched])
-        if not finite.all():
-            bad = step - len(fetched) + int(np.argmin(finite))
-            checkpointer.wait()  # the last save (of a finite state) finishes and is recorded
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {bad} (phase {schedule.phase(bad)}); "
-                f"the last checkpoint in {checkpointer.directory} is intact"
-            )
-        record = {
-            "epoch": round(schedule.epoch(step), 4),
-            "phase": schedule.phase(step - 1),
-            "train/loss": float(losses.mean()),
-            "train/accuracy": float(np.mean([m["accuracy"] for m in fetched])),
-            "train/grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-            "lr/weights": float(tx_weight_lr(step - 1)),
-            "lr/masks": float(tx_mask_lr(step - 1)) if learns_masks else 0.0,
-        }
-        mask_stats, previous_top_k = _mask_metrics(net, state, previous_top_k)
-        record.update(mask_stats)
-        writer.write(step, record)
-        progress.update(step, f"phase {record['phase']} loss {record['train/loss']:.3f}")
-
-    ends = schedule.phase_ends
+    reports_top5 = data.spec.top5
     saved = start_step  # the step of the newest checkpoint
     final = None  # the evaluation at the last step, reused for the summary
-    tx_weight_lr, tx_mask_lr = learning_rates(config, schedule)
 
-    def stopped(done: int):
-        flush_metrics(done)
+    def save(done: int) -> None:
+        nonlocal saved
+        log.flush(done, state.params)  # never checkpoint a non-finite state
+        checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(done - 1)})
+        saved = done
+
+    def stopped(done: int) -> preemption.Preempted:
+        log.flush(done, state.params)
         if saved != done:
-            checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(done - 1)})
+            save(done)
         progress.close()
         writer.close()
         checkpointer.close()  # waits for the save and writes its checksums
@@ -540,19 +193,9 @@ def _train_and_evaluate(
         # resumed past the end of phase 1 (another schedule, with --force_resume)
         # freezes at its first step, exactly once.
         if connectivity.must_freeze(net, phase=schedule.phase(step), frozen=frozen):
-            state = freeze_masks(net, state)
-            frozen = True
+            state, frozen = steps.freeze_masks(net, state), True
             if is_writer and net.connectivity == "learned":
-                live = prune.live_blocks(np.asarray(state.fixed_masks))
-                run_outputs.write_json(
-                    os.path.join(workdir, "connectivity_frozen.json"),
-                    {
-                        "step": step,
-                        **run_outputs.connectivity_record(
-                            net, state.fixed_masks, state.params["masks"], live
-                        ),
-                    },
-                )
+                _write_frozen(workdir, step, net, state)
             logging.info(
                 "Step %d: masks frozen (%s)",
                 step,
@@ -560,47 +203,32 @@ def _train_and_evaluate(
             )
         images, labels = place("train", data.train_batch(step, place.rows["train"]))
         state, metrics = step_fns[frozen](state, images, labels)
-        pending.append(metrics)
+        log.add(metrics)
         checkpointer.record_finished()  # checksums of the last save, once it is done
         done = step + 1
+        # The periodic work, in order; each waits for the step (the host syncs there).
         phase_end = done in ends
-        synced = done % log_every == 0 or phase_end  # the host waits for the step here
-        if synced:
-            flush_metrics(done)
-        if done % eval_every == 0 or phase_end:
-            flush_metrics(done)
+        log_now = done % log_every == 0 or phase_end
+        eval_now = done % eval_every == 0 or phase_end
+        save_now = done % save_every == 0 or phase_end
+        if log_now or eval_now:
+            log.flush(done, state.params)
+        if eval_now:
             result = run_evaluation(state, frozen)
-            writer.write(
-                done,
-                {
-                    "epoch": round(schedule.epoch(done), 4),
-                    "phase": schedule.phase(step),
-                    "test/loss": result["loss"],
-                    "test/accuracy": result["accuracy"],
-                    **(
-                        {"test/accuracy_top5": result["accuracy_top5"]}
-                        if data.name == "imagenet"
-                        else {}
-                    ),
-                },
-            )
-            logging.info("step %d: test accuracy %.4f", done, result["accuracy"])
-            if done == total:
-                final = result
-        if done % save_every == 0 or phase_end:
-            flush_metrics(done)  # never checkpoint a non-finite state
-            checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(step)})
-            saved = done
+            _write_evaluation(writer, schedule, done, result, reports_top5)
+            final = result if done == total else final
+        if save_now:
+            save(done)
         # Every process must stop at the same step (the save is collective), and each
         # sees its signal at a different point of its run-ahead dispatch: with several
         # processes, they agree at the steps where the host waits anyway.
-        if multi_process:
-            stopping = synced and distributed.any_process(stop.requested)
+        if jax.process_count() > 1:
+            stopping = log_now and distributed.any_process(stop.requested)
         else:
             stopping = stop.requested
         if stopping and done < total:
             raise stopped(done)
-    flush_metrics(total)
+    log.flush(total, state.params)
     progress.close()
     checkpointer.wait()
 
@@ -619,7 +247,7 @@ def _train_and_evaluate(
         workdir,
         net,
         state,
-        eval_masks(net, state, frozen=frozen),
+        steps.eval_masks(net, state, frozen=frozen),
         data,
         final,
         wall_seconds=time.time() - start_time,
@@ -629,3 +257,21 @@ def _train_and_evaluate(
     writer.close()
     checkpointer.close()
     return summary
+
+
+def _finish_last_save(checkpointer: Checkpointer) -> str:
+    checkpointer.wait()  # the last save (of a finite state) finishes and is recorded
+    return f"the last checkpoint in {checkpointer.directory} is intact"
+
+
+def _write_evaluation(writer, schedule, done: int, result: dict, reports_top5: bool) -> None:
+    record = {
+        "epoch": round(schedule.epoch(done), 4),
+        "phase": schedule.phase(done - 1),
+        "test/loss": result["loss"],
+        "test/accuracy": result["accuracy"],
+    }
+    if reports_top5:
+        record["test/accuracy_top5"] = result["accuracy_top5"]
+    writer.write(done, record)
+    logging.info("step %d: test accuracy %.4f", done, result["accuracy"])

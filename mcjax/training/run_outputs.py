@@ -100,7 +100,7 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
         "wall_seconds": round(wall_seconds, 1),
         "state_digest": state_digest(state),
     }
-    if data.name == "imagenet":
+    if data.spec.top5:
         summary["test_accuracy_top5"] = final["accuracy_top5"]
     if not is_writer:
         return summary

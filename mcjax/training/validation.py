@@ -17,183 +17,54 @@ Typical use (``mcjax/main.py``)::
 
     try:
         validation.validate_config(config, num_devices=jax.device_count())
-        validation.check_workdir_matches(workdir, config, force=force_resume)
+        resume_rules.check_workdir_matches(workdir, config, force=force_resume)
     except validation.ConfigError as error:
         ...  # print it, exit with status 2
 """
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
-import os
-import re
-from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 from mcjax.architectures import STEMS, Architecture, get_architecture
+from mcjax.data import registry
 from mcjax.models import Network
 from mcjax.training import from_config
+from mcjax.training.config_fields import (
+    _MISSING,
+    ConfigError,
+    FieldChecker,
+    _choices,
+    _is_int,
+    _is_number,
+    _is_sequence,
+    _sentence,
+)
 
 __all__ = [
     "DATASETS",
     "MAX_SEED",
     "NUM_PHASES",
-    "RESUMABLE_FIELDS",
     "ConfigError",
     "check_batches_fit",
-    "check_workdir_matches",
     "validate_config",
 ]
 
-DATASETS = ("digits", "cifar10", "cifar100", "mini_imagenet", "imagenet")
+# The data sets: every name of the table (mcjax.data.registry).
+DATASETS = tuple(registry.DATASETS)
 
 # The protocol (paper appendix E): phase 1 trains weights and masks jointly,
 # phases 2-4 fine-tune the weights with the connectivity frozen.
 NUM_PHASES = 4
 
-# What each data set's loader produces: (image_size, channels); None = any size.
-# Mini-ImageNet and ImageNet are cropped to config.data.image_size, so any size works.
-_IMAGE_SHAPES: dict[str, tuple[int | None, int]] = {
-    "digits": (8, 1),
-    "cifar10": (32, 3),
-    "cifar100": (32, 3),
-    "mini_imagenet": (None, 3),
-    "imagenet": (None, 3),
-}
-
-# Classes of the data sets whose class count is fixed (a Mini-ImageNet folder may hold
-# any number of class subfolders).
-_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
-
-
-# The config fields that may change when a run is resumed: bookkeeping that does not
-# change what is trained, how the same function of the same parameters is computed
-# (mcjax.blocks.BRANCH_IMPLS; parameters stay float32), and the initial values, which a
-# resumed run reads from its checkpoint instead. Every other field is compared.
-RESUMABLE_FIELDS = (
-    "log_every_steps",
-    "eval_every_epochs",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "debug_inject_nan_at_step",
-    "data.data_dir",
-    "model.branch_impl",
-    "model.dtype",
-    "model.zero_init_residual",
-)
 
 # Seeds that both jax.random.key and numpy accept.
 MAX_SEED = 2**32 - 1
 
-_MISSING = object()
 
-
-class ConfigError(ValueError):
-    """A config field has a value that cannot work.
-
-    ``str(error)`` is one sentence per problem, one per line; each names the field
-    (e.g. ``config.model.fan_in``), its value and what is allowed. ``problems`` holds
-    the sentences as a tuple.
-    """
-
-    def __init__(self, problems: str | Sequence[str]):
-        if isinstance(problems, str):
-            problems = (problems,)
-        self.problems: tuple[str, ...] = tuple(problems)
-        super().__init__("\n".join(self.problems))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A finite real number (``bool`` and NaN/inf are not)."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
-def _choices(options: Sequence[Any]) -> str:
-    return ", ".join(repr(option) for option in options)
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith(".") else text + "."
-
-
-class _Checker:
-    """Collects the problems of one config."""
-
-    def __init__(self, config: Any):
-        self.config = config
-        self.problems: list[str] = []
-
-    # ------------------------------------------------------------------ helpers
-
-    def get(self, path: str) -> Any:
-        """The value at ``path`` (e.g. ``"model.fan_in"``), or ``_MISSING``."""
-        node = self.config
-        for part in path.split("."):
-            node = getattr(node, part, _MISSING)
-            if node is _MISSING:
-                return _MISSING
-        return node
-
-    def bad(self, path: str, value: Any, allowed: str) -> None:
-        """Records ``config.<path> is <value>, but it must be <allowed>.``."""
-        self.problems.append(_sentence(f"config.{path} is {value!r}, but it must be {allowed}"))
-
-    def present(self, path: str, allowed: str) -> Any:
-        """The value at ``path``; records a problem and returns ``_MISSING`` if absent."""
-        value = self.get(path)
-        if value is _MISSING:
-            self.problems.append(_sentence(f"config.{path} is missing; it must be {allowed}"))
-        return value
-
-    def positive_int(self, path: str) -> int | None:
-        value = self.present(path, "a positive int")
-        if value is _MISSING:
-            return None
-        if not _is_int(value) or value < 1:
-            self.bad(path, value, "a positive int")
-            return None
-        return int(value)
-
-    def number(self, path: str, allowed: str, ok) -> float | None:
-        """A finite number for which ``ok(value)`` holds; else records ``allowed``."""
-        value = self.present(path, allowed)
-        if value is _MISSING:
-            return None
-        if not _is_number(value) or not ok(value):
-            self.bad(path, value, allowed)
-            return None
-        return float(value)
-
-    def choice(self, path: str, options: Sequence[str]) -> str | None:
-        allowed = f"one of {_choices(options)}"
-        value = self.present(path, allowed)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, str) or value not in options:
-            self.bad(path, value, allowed)
-            return None
-        return value
-
-    def boolean(self, path: str) -> None:
-        value = self.present(path, "True or False")
-        if value is not _MISSING and not isinstance(value, bool):
-            self.bad(path, value, "True or False")
+class _Checker(FieldChecker):
+    """The rules of mcjax's training config, one method per part of it."""
 
     def per_phase(self, path: str, what: str, allowed: str, ok) -> None:
         """A sequence of ``NUM_PHASES`` numbers, each with ``ok(number)``."""
@@ -217,19 +88,6 @@ class _Checker:
                 )
 
     # ------------------------------------------------------------------ sections
-
-    def refused(self, path: str, value: Any, error: Exception, context: str = "") -> None:
-        """Records an object's refusal of ``config.<path>`` as the field's sentence.
-
-        ``"fan_in K must satisfy 1 <= K <= C = 8, got 9"`` becomes
-        ``"config.model.fan_in is 9, but it must satisfy 1 <= K <= C = 8."``.
-        """
-        reason = re.sub(r",? got .*$", "", str(error).strip().rstrip("."), flags=re.S)
-        if " must " in reason:
-            text = f"config.{path} is {value!r}, but it must {reason.split(' must ', 1)[1]}"
-        else:
-            text = f"config.{path} is {value!r}, which is not valid: {reason}"
-        self.problems.append(_sentence(text + context))
 
     def model(self) -> tuple[Architecture | None, str | None]:
         """Checks ``config.model`` by building its objects; returns the architecture and
@@ -340,37 +198,27 @@ class _Checker:
             self.bad("data.data_dir", data_dir, "a string ('' for the default)")
         if name is None:
             return
-        expected_size, expected_channels = _IMAGE_SHAPES[name]
-        if expected_size is not None and image_size is not None and image_size != expected_size:
-            self.bad(
-                "data.image_size",
-                image_size,
-                f"{expected_size} for {name} (its images are {expected_size}x{expected_size})",
-            )
-        if channels is not None and channels != expected_channels:
-            self.bad(
-                "data.channels",
-                channels,
-                f"{expected_channels} for {name} "
-                f"({'grayscale' if expected_channels == 1 else 'RGB'} images)",
-            )
-        expected_classes = _NUM_CLASSES.get(name)
-        if None not in (expected_classes, num_classes) and num_classes != expected_classes:
-            self.bad("data.num_classes", num_classes, f"{expected_classes}, the classes of {name}")
-        if name == "mini_imagenet":
-            folder_size = 84  # mcjax.data.sources.load's default
+        spec = registry.get(name)
+        if spec.crops and spec.load is not None:  # an image folder: resized, then cropped
             if self.get("data.folder_image_size") is not _MISSING:
-                folder_size = self.positive_int("data.folder_image_size")
+                spec = dataclasses.replace(
+                    spec, stored_size=self.positive_int("data.folder_image_size")
+                )
             for field in ("train_per_class", "test_per_class"):
                 if self.get(f"data.{field}") is not _MISSING:
                     self.positive_int(f"data.{field}")
-            if None not in (image_size, folder_size) and image_size > folder_size:
-                self.bad(
-                    "data.image_size",
-                    image_size,
-                    f"at most config.data.folder_image_size = {folder_size} "
-                    "(the crop is taken from the resized images)",
-                )
+        problem = (
+            None
+            if None in (image_size, spec.stored_size) and spec.crops
+            else (spec.image_size_problem(image_size) if image_size is not None else None)
+        )
+        if problem:
+            self.bad("data.image_size", image_size, problem)
+        if channels is not None and channels != spec.channels:
+            kind = "grayscale" if spec.channels == 1 else "RGB"
+            self.bad("data.channels", channels, f"{spec.channels} for {name} ({kind} images)")
+        if None not in (spec.num_classes, num_classes) and num_classes != spec.num_classes:
+            self.bad("data.num_classes", num_classes, f"{spec.num_classes}, the classes of {name}")
 
     def batches(self, num_devices: int | None) -> None:
         for field in ("batch_size", "eval_batch_size"):
@@ -485,77 +333,3 @@ def check_batches_fit(config: Any, *, num_train: int, num_test: int, data_name: 
             )
     if problems:
         raise ConfigError(problems)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model.fan_in": 4, ...}`` of a nested dict, in its order."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_workdir_matches(workdir: str, config: Any, *, force: bool = False) -> None:
-    """Refuses to resume the run in ``workdir`` with a config that would train another run.
-
-    ``workdir/config.json`` is written by :func:`mcjax.training.loop.train_and_evaluate`
-    (``config.to_dict()``). When it exists, every field is compared with ``config``
-    except :data:`RESUMABLE_FIELDS`, the bookkeeping that does not change what is
-    trained (logging, evaluation and checkpoint intervals, checkpoints kept, the eval
-    batch, the data's location) and the two ``config.model`` fields that choose how the
-    same function of the same parameters is computed. So the network, the data, the
-    schedule (``phase_epochs``, ``batch_size``, learning rates, ...), the optimizer and
-    the seed must be those of the run that is resumed. ``fan_in`` is not compared when
-    both runs use connectivity ``'full'`` (which ignores it), nor is a field that one
-    of the two configs does not have (a file written before the field existed).
-
-    Args:
-      workdir: the run's directory.
-      config: the config about to run.
-      force: skip the check (``--force_resume``).
-
-    Raises:
-      ConfigError: one sentence naming the first differing field, both values, and
-        how to override (``--force_resume``) or avoid it (a new ``--workdir``); also
-        when ``config.json`` cannot be read.
-    """
-    if force:
-        return
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    override = "pass --force_resume to resume it anyway, or use a new --workdir"
-    try:
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"{path} (the config of the run in this workdir) cannot be read ({error}); {override}."
-        ) from error
-    if not isinstance(previous, dict):
-        raise ConfigError(f"{path} does not hold a config; {override}.")
-
-    current = _flat(_plain(config.to_dict() if hasattr(config, "to_dict") else dict(config)))
-    before = _flat(previous)
-    both_full = before.get("model.connectivity") == "full" == current.get("model.connectivity")
-    for field, now in current.items():
-        if field in RESUMABLE_FIELDS or field not in before:
-            continue
-        if field == "model.fan_in" and both_full:
-            continue
-        then = before[field]
-        if now != then:
-            shown = tuple(then) if isinstance(then, list) else then
-            raise ConfigError(
-                f"config.{field} is {now!r}, but the run in {workdir} used {then!r} "
-                f"(see {path}); a resumed run must continue that run exactly: set "
-                f"--config.{field}={shown}, {override}."
-            )
