@@ -92,10 +92,14 @@ def learning_rates(config, schedule: Schedule) -> tuple[optax.Schedule, optax.Sc
     """Weights: the per-phase rates; masks: ``mask_learning_rate`` in phase 1, then 0."""
     if len(config.weight_learning_rates) != len(config.phase_epochs):
         raise ValueError("need one weight learning rate per phase")
-    ends = schedule.phase_ends
+    ends = list(schedule.phase_ends)
+
+    def piecewise(values, boundaries):
+        return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
     return (
-        optim.piecewise_constant(ends[:-1], config.weight_learning_rates),
-        optim.piecewise_constant(ends[:1], [config.mask_learning_rate, 0.0]),
+        piecewise(config.weight_learning_rates, ends[:-1]),
+        piecewise([config.mask_learning_rate, 0.0], ends[:1]),
     )
 
 
