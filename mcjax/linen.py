@@ -167,6 +167,8 @@ class Network(nn.Module):
     ``"20,4,8"``), plus ``frozen`` (top-K masks in training too). Its variables are
     :func:`mcjax.init`'s: ``init`` draws them from the ``"params"`` rng; training
     calls need the ``"masks"`` rng (``learned``) and ``mutable=["batch_stats"]``.
+    With ``mutable=["intermediates"]`` the masks a pass used are returned under
+    ``intermediates/connectivity`` (``None`` for ``full``).
     """
 
     arch: str | Architecture
@@ -243,6 +245,8 @@ class Network(nn.Module):
             key=self.make_rng(MASKS_STREAM) if sample else None,
             fixed=fixed,
         )
+        # The masks this pass used (the sampled ones, say), for mutable=["intermediates"].
+        self.sow("intermediates", "connectivity", connectivity)
         logits, new_stats = models.apply(
             net, params, batch_stats, images, connectivity=connectivity, train=train
         )
