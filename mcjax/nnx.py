@@ -79,8 +79,9 @@ def _sample_key(stored, rngs) -> Array:
         return rngs  # a key
     if stored is None:
         raise ValueError(
-            "learned connectivity samples its masks in training: pass rngs=nnx.Rngs(...) "
-            "(stream 'masks') at construction or in the call, or call model.eval() / freeze()"
+            "drawing masks needs an rng: pass rngs=nnx.Rngs(...) (stream 'masks') at "
+            "construction or in the call; learned connectivity draws none after "
+            "model.eval() or freeze()"
         )
     return stored()
 

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 __all__ = [
     "MASKS",
@@ -50,6 +51,23 @@ __all__ = [
 
 WEIGHTS = "weights"
 MASKS = "masks"
+
+
+MaskSelector = Callable[[tuple, Any], bool]
+"""``selector(path, leaf) -> bool``: True for a mask. ``path`` is the key path of
+``jax.tree_util.tree_map_with_path`` (``DictKey``, ``SequenceKey``, ``GetAttrKey``
+entries); ``leaf`` an array, or an ``nnx.Variable`` when the tree holds them."""
+
+
+def _key_name(entry) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def _is_variable(leaf) -> bool:
+    return isinstance(leaf, nnx.Variable)
 
 
 class ClipParamsState(NamedTuple):
@@ -118,29 +136,6 @@ def weight_sgd(
         optax.add_decayed_weights(weight_decay, mask=None if decay_norm_and_bias else _decay_mask),
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
-
-
-MaskSelector = Callable[[tuple, Any], bool]
-"""``selector(path, leaf) -> bool``: True for a mask. ``path`` is the key path of
-``jax.tree_util.tree_map_with_path`` (``DictKey``, ``SequenceKey``, ``GetAttrKey``
-entries); ``leaf`` an array, or an ``nnx.Variable`` when the tree holds them."""
-
-# The NNX type, when flax is importable; a tree of plain arrays needs no flax.
-try:
-    from flax import nnx as _nnx
-except ImportError:  # pragma: no cover - flax is a dependency
-    _nnx = None
-
-
-def _key_name(entry) -> Any:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return getattr(entry, attr)
-    return entry
-
-
-def _is_variable(leaf) -> bool:
-    return _nnx is not None and isinstance(leaf, _nnx.Variable)
 
 
 def is_mask(path: tuple, leaf: Any) -> bool:
