@@ -27,6 +27,7 @@ top-K (and running statistics); ``model.freeze()`` keeps the top-K in training t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -234,9 +235,11 @@ class Network(nnx.Module):
     """A network of :mod:`mcjax.architectures` as an NNX module: ``images -> logits``.
 
     Same arguments and defaults as :class:`mcjax.models.Network` (``arch`` may be a
-    name, e.g. ``"20,4,8"``), plus ``rngs`` (stream ``"params"`` for the weights,
-    ``"masks"`` for the training masks). Runs :func:`mcjax.apply`: the same logits,
-    gradients and batch statistics as the functional network on the same weights.
+    name, e.g. ``"20,4,8"``; any other field of it passes through), plus ``rngs``
+    (stream ``"params"`` for the weights, ``"masks"`` for the training masks) and
+    ``variables`` (functional variables to hold instead of fresh ones). Runs
+    :func:`mcjax.apply`: the same logits, gradients and batch statistics as the
+    functional network on the same weights.
 
     Variables: ``weights`` (``nnx.Param``: ``stem``, ``modules``, ``head`` as in the
     functional ``params``), ``masks`` (:class:`Mask` ``[L-1, C, C]``: ``learned``,
@@ -259,6 +262,7 @@ class Network(nnx.Module):
         zero_init_residual: bool = False,
         rngs: nnx.Rngs,
         variables: dict | None = None,
+        **network_options: Any,
     ):
         self.net = models.Network(
             get_architecture(arch) if isinstance(arch, str) else arch,
@@ -271,6 +275,7 @@ class Network(nnx.Module):
             mask_init=mask_init,
             dtype=dtype,
             zero_init_residual=zero_init_residual,
+            **network_options,
         )
         if variables is None:
             variables = models.init(rngs.params(), self.net)
@@ -290,17 +295,11 @@ class Network(nnx.Module):
     def from_variables(cls, net: models.Network, variables: dict, *, rngs=None) -> Network:
         """The NNX network holding the functional ``variables`` of ``net`` (as from
         :func:`mcjax.init`: ``params``, ``batch_stats``, ``connectivity``)."""
+        options = {f.name: getattr(net, f.name) for f in dataclasses.fields(net)}
+        arch = options.pop("arch")
         return cls(
-            net.arch,
-            num_classes=net.num_classes,
-            fan_in=net.fan_in,
-            connectivity=net.connectivity,
-            aggregation=net.aggregation,
-            in_channels=net.in_channels,
-            branch_impl=net.branch_impl,
-            mask_init=net.mask_init,
-            dtype=net.dtype,
-            zero_init_residual=net.zero_init_residual,
+            arch,
+            **options,
             rngs=rngs if rngs is not None else nnx.Rngs(0),
             variables=variables,
         )

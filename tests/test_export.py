@@ -1,5 +1,7 @@
 """The pruned model: save/load, a pytree, jitted predict, and refused inputs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +57,8 @@ def test_load_round_trips_the_pruned_variables(model):
     jax.tree.map(np.testing.assert_array_equal, loaded.batch_stats, pruned.batch_stats)
     for a, b in zip(loaded.connectivity, pruned.connectivity, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert loaded.net == pruned.net
+    # The formulation of the branches is the loading machine's choice ("auto").
+    assert loaded.net == dataclasses.replace(pruned.net, branch_impl="auto")
 
 
 def test_loaded_model_is_a_pytree(model):
