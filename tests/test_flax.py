@@ -192,7 +192,13 @@ def test_nnx_and_linen_own_initialisation_is_the_functional_layout():
     assert labels["masks"] == "masks" and labels["head"]["kernel"] == "weights"
 
 
-@pytest.mark.parametrize("name", architectures.PAPER_ARCHITECTURES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name.startswith("resnext101") else name
+        for name in architectures.PAPER_ARCHITECTURES
+    ],
+)
 def test_every_architecture_builds(name):
     # Shapes only (no arrays), so the ImageNet networks cost a trace each.
     arch = architectures.get_architecture(name)
