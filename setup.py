@@ -15,6 +15,7 @@ setup(
     packages=find_packages(include=["mcjax", "mcjax.*"]),
     install_requires=[
         "absl-py>=1.0",
+        "flax>=0.12",  # mcjax.nnx / mcjax.linen (nnx.List, nnx.data), flax.struct in export
         "jax>=0.8",  # jax.shard_map and lax.pcast(..., to="varying")
         "numpy>=1.24",
         "optax>=0.2.4",

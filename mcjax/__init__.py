@@ -6,17 +6,36 @@ Public API (see each module's docstring):
   ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``;
 * :mod:`mcjax.blocks`: the bottleneck block and module as pure functions;
 * :mod:`mcjax.models`: ``Network``, ``init``, ``apply``;
+* :mod:`mcjax.connectivity`: which masks a step uses (``step_masks``), by mode and phase;
 * :mod:`mcjax.architectures`: ``get_architecture`` for every network of the paper;
-* :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``), ``mask_sgd``,
-  ``weight_sgd``, ``clip_params``, ``piecewise_constant``;
+* :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``; masks found at
+  any depth, in dicts, ``FrozenDict``s and ``nnx.State``), ``mask_sgd``, ``weight_sgd``,
+  ``clip_params``, ``is_mask``;
 * :mod:`mcjax.prune`: ``live_blocks``, ``prune``;
+* :mod:`mcjax.export`: ``save``, ``load``, ``predict`` (the pruned model, jitted);
+* :mod:`mcjax.nnx` and :mod:`mcjax.linen`: Flax modules over this core
+  (``MaskedAggregation``, ``MultiBranch``, ``Network``; NNX's ``Mask`` param type);
 * :mod:`mcjax.costs`: parameter and FLOP counts;
 * :mod:`mcjax.parallel`: ``make_mesh``, ``data_parallel_train_step`` /
   ``data_parallel_eval_step`` (``jax.shard_map`` over a ``data`` axis, synchronised BN,
   gradients averaged without the replicated-grad trap), ``process_rows``, ``global_batch``.
 """
 
-from mcjax import architectures, blocks, costs, layers, masks, models, optim, parallel, prune
+from mcjax import (
+    architectures,
+    blocks,
+    connectivity,
+    costs,
+    export,
+    layers,
+    linen,
+    masks,
+    models,
+    nnx,
+    optim,
+    parallel,
+    prune,
+)
 from mcjax.architectures import Architecture, ModuleSpec, get_architecture
 from mcjax.models import Network, apply, init
 from mcjax.optim import maskconnect
@@ -32,14 +51,18 @@ __all__ = [
     "apply",
     "architectures",
     "blocks",
+    "connectivity",
     "costs",
+    "export",
     "get_architecture",
     "init",
     "layers",
+    "linen",
     "live_blocks",
     "maskconnect",
     "masks",
     "models",
+    "nnx",
     "optim",
     "parallel",
     "prune",

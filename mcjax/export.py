@@ -7,7 +7,11 @@ connectivity between live blocks and the mean image, loaded with
 ``allow_pickle=False`` (no code is ever unpickled). Inference::
 
     model = mcjax.export.load("runs/digits/pruned_model")
-    logits = mcjax.export.predict(model, images_uint8)   # [N, H, W, C] uint8
+    logits = mcjax.export.predict(model, images_uint8)   # [N, H, W, C] uint8, jitted
+
+The loaded :class:`LoadedModel` is a pytree (its network description and crop
+are static), so it can be passed to ``jax.jit``-ed functions, ``device_put``
+or ``jax.tree.map``; :func:`predict` compiles once per input shape.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization, struct, traverse_util
 
 from mcjax import models
 from mcjax.architectures import Architecture, ModuleSpec
@@ -27,50 +32,35 @@ from mcjax.models import DTYPES
 
 FORMAT = "mcjax-pruned-model-v1"
 
-__all__ = ["LoadedModel", "load", "predict", "save"]
+__all__ = ["LoadedModel", "check_images", "load", "predict", "save"]
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class LoadedModel:
-    net: models.Network
+    """A pruned network ready for :func:`predict` (a pytree; ``net`` and ``crop`` static).
+
+    Attributes:
+      net: the :class:`~mcjax.models.Network` of the live blocks.
+      params, batch_stats: its variables (float32).
+      connectivity: per module ``i >= 2`` the ``[C'_i, C'_{i-1}]`` masks, or ``None``.
+      mean_image: float32 ``[H, W, C]`` or ``[C]``, in ``[0, 1]`` units.
+      std: float32, broadcastable against the images; the result is divided by it.
+      crop: centre crop applied before the network, or ``None``.
+    """
+
+    net: models.Network = struct.field(pytree_node=False)
     params: dict
     batch_stats: dict
-    connectivity: list[np.ndarray] | None
-    mean_image: np.ndarray  # float32 [H, W, C] or [C] in [0, 1] units, subtracted after /255
-    std: np.ndarray  # float32, broadcastable; the result is divided by it
-    crop: int | None  # centre crop applied before the network, or None
+    connectivity: list | None
+    mean_image: Any
+    std: Any
+    crop: int | None = struct.field(pytree_node=False, default=None)
 
 
-def _flatten(tree, prefix=""):
-    flat = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-    elif isinstance(tree, list | tuple):
-        for index, value in enumerate(tree):
-            flat.update(_flatten(value, f"{prefix}{index}/"))
-    elif tree is not None:
-        flat[prefix.rstrip("/")] = np.asarray(tree)
-    return flat
-
-
-def _unflatten(flat: dict[str, np.ndarray]):
-    root: dict = {}
-    for path, value in flat.items():
-        node = root
-        parts = path.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-
-    def listify(node):
-        if not isinstance(node, dict):
-            return node
-        if node and all(k.isdigit() for k in node):
-            return [listify(node[str(i)]) for i in range(len(node))]
-        return {k: listify(v) for k, v in node.items()}
-
-    return listify(root)
+def _flatten(tree) -> dict[str, np.ndarray]:
+    """``{"a/0/b": array}``: lists become their indices (flax's state-dict form)."""
+    flat = traverse_util.flatten_dict(serialization.to_state_dict(tree), sep="/")
+    return {path: np.asarray(value) for path, value in flat.items() if value is not None}
 
 
 def save(
@@ -131,7 +121,14 @@ def load(path: str) -> LoadedModel:
         modules=tuple(ModuleSpec(**m) for m in arch_desc["modules"]),
     )
     with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
-        tree = _unflatten({k: data[k] for k in data.files})
+        tree = traverse_util.unflatten_dict({k: data[k] for k in data.files}, sep="/")
+
+    def as_list(by_index: dict, length: int) -> list:
+        return [by_index[str(i)] for i in range(length)]
+
+    num_modules = arch.num_modules
+    for variables in (tree["params"], tree["batch_stats"]):
+        variables["modules"] = as_list(variables["modules"], num_modules)
     per_branch_bn = description.get("full_per_branch_bn")
     if per_branch_bn is None:  # written before the field existed: read the layout
         per_branch_bn = (
@@ -149,6 +146,8 @@ def load(path: str) -> LoadedModel:
         full_per_branch_bn=bool(per_branch_bn),
     )
     connectivity = tree.get("connectivity")
+    if connectivity is not None:
+        connectivity = [jnp.asarray(m) for m in as_list(connectivity, num_modules - 1)]
     return LoadedModel(
         net=net,
         params=jax.tree.map(jnp.asarray, tree["params"]),
@@ -169,19 +168,66 @@ def _center_crop(x, size: int, *, height_axis: int):
     return x[tuple(index)]
 
 
-def predict(model: LoadedModel, images: Any) -> jax.Array:
-    """Logits ``[N, classes]`` for uint8 images ``[N, H, W, C]`` (test-time preprocessing).
+def check_images(model: LoadedModel, images: Any) -> jax.Array:
+    """``images`` as an array :func:`predict` accepts, or a ``ValueError``/``TypeError``.
 
-    ImageNet models expect images already resized (shorter side 256) and
-    centre-cropped to 224, as :mod:`mcjax.data.streaming` does for evaluation.
+    Accepted: ``uint8 [N, H, W, C]`` (pixel values 0..255), or floating
+    ``[N, H, W, C]`` already divided by 255 (values in ``[0, 1]``; checked when the
+    values are concrete, not under an outer ``jit``). ``C`` is the network's input
+    channels; ``H, W`` are at least the crop, or equal to a per-pixel mean's.
     """
-    images = jnp.asarray(images)
+    images = jnp.asarray(images) if not isinstance(images, jax.Array) else images
+    channels = model.net.in_channels
+    if images.ndim != 4 or images.shape[-1] != channels:
+        raise ValueError(
+            f"images must be [N, H, W, {channels}] (batch, height, width, channels), "
+            f"got shape {images.shape}"
+        )
+    height, width = images.shape[1:3]
+    if model.crop is not None and min(height, width) < model.crop:
+        raise ValueError(
+            f"images of {height}x{width} are smaller than the centre crop {model.crop}"
+        )
+    mean = np.shape(model.mean_image)
+    if model.crop is None and len(mean) == 3 and (height, width) != mean[:2]:
+        raise ValueError(
+            f"images must be {mean[0]}x{mean[1]} (the per-pixel mean image), got {height}x{width}"
+        )
+    if images.dtype == jnp.uint8:
+        return images
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(
+            f"images must be uint8 (0..255) or floating in [0, 1], got dtype {images.dtype}"
+        )
+    if not isinstance(images, jax.core.Tracer) and images.size:
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"floating images must lie in [0, 1] (uint8 / 255), got values in "
+                f"[{low:g}, {high:g}]; pass uint8 images for 0..255"
+            )
+    return images
+
+
+def _center_crop(x, size: int, *, height_axis: int):
+    top = (x.shape[height_axis] - size) // 2
+    left = (x.shape[height_axis + 1] - size) // 2
+    index = [slice(None)] * x.ndim
+    index[height_axis] = slice(top, top + size)
+    index[height_axis + 1] = slice(left, left + size)
+    return x[tuple(index)]
+
+
+def _logits(model: LoadedModel, images: jax.Array) -> jax.Array:
     mean = jnp.asarray(model.mean_image)
     if model.crop is not None:
         images = _center_crop(images, model.crop, height_axis=1)
         if mean.ndim == 3:  # a per-pixel mean is cropped like the images
             mean = _center_crop(mean, model.crop, height_axis=0)
-    x = (images.astype(jnp.float32) / 255.0 - mean) / jnp.asarray(model.std)
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
+    x = (x - mean) / jnp.asarray(model.std)
     logits, _ = models.apply(
         model.net,
         model.params,
@@ -191,3 +237,21 @@ def predict(model: LoadedModel, images: Any) -> jax.Array:
         train=False,
     )
     return logits
+
+
+_jitted_logits = jax.jit(_logits)
+
+
+def predict(model: LoadedModel, images: Any) -> jax.Array:
+    """Logits ``[N, classes]`` float32 for images ``[N, H, W, C]`` (test-time preprocessing).
+
+    Args:
+      model: from :func:`load`.
+      images: uint8 ``[N, H, W, C]`` (0..255), or floating in ``[0, 1]`` (already
+        divided by 255); anything else is refused by :func:`check_images`.
+
+    Compiled with ``jax.jit`` (once per input shape and dtype). ImageNet models
+    expect images already resized (shorter side 256) and centre-cropped to 224,
+    as :mod:`mcjax.data.streaming` does for evaluation.
+    """
+    return _jitted_logits(model, check_images(model, images))

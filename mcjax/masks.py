@@ -12,7 +12,21 @@ row ``m[j] in {0, 1}^C`` with exactly ``K`` ones (the *fan-in*)::
 The binary rows are drawn from real-valued rows ``m~[j] in [0, 1]^C`` that are the
 trainable parameters. Masks are arrays of shape ``[..., C_out, C_in]``: the last
 axis indexes the *inputs* of a block (a row), the one before it the blocks. Any
-leading axes (e.g. ``[modules, C, C]``) are batch axes.
+leading axes (e.g. ``[modules, C, C]``) are batch axes, in :func:`sample`,
+:func:`top_k` and :func:`aggregate` alike.
+
+The contract shared by every function here:
+
+* ``k`` is a static integer (a Python ``int``, ``np.int64`` or any integer with
+  ``__index__``, never a ``bool``), ``1 <= k <= C_in``; it fixes the number of ones
+  of each row, hence the shapes XLA compiles, so a traced ``k`` is refused with a
+  ``TypeError`` that says how to make it static.
+* Binary masks come back in the dtype of the real-valued masks they were made
+  from; mixed branch outputs in the dtype of the branch outputs; gradients with
+  respect to the masks in the dtype of the masks (accumulated in float32).
+* :func:`sample`, :func:`top_k` and :func:`random_k_hot` have no gradient (their
+  result is piecewise constant in the masks): the gradient reaches the real-valued
+  masks only through :func:`aggregate`'s straight-through rule.
 
 Every function here is pure; all randomness comes from an explicit key.
 """
@@ -20,6 +34,7 @@ Every function here is pure; all randomness comes from an explicit key.
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +43,6 @@ Array = jax.Array
 
 __all__ = [
     "aggregate",
-    "full",
     "inclusion_probabilities",
     "mean_entropy",
     "random_k_hot",
@@ -44,11 +58,23 @@ __all__ = [
 _ZERO_LOGIT = -1e4
 
 
-def _check_k(k: int, num_inputs: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise TypeError(f"k must be a Python int, got {type(k).__name__}")
+def _check_k(k, num_inputs: int) -> int:
+    """``k`` as a Python int, or a clear error (see the module docstring)."""
+    if isinstance(k, jax.core.Tracer):
+        raise TypeError(
+            "k must be a static integer, got a traced value: k sets the number of ones "
+            "per row and so the shapes XLA compiles. Pass it as a Python int, e.g. "
+            "jax.jit(f, static_argnames='k'), or close over it instead of passing an array."
+        )
+    if isinstance(k, bool):
+        raise TypeError("k must be an integer, got a bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}: {k!r}") from None
     if not 1 <= k <= num_inputs:
         raise ValueError(f"k must satisfy 1 <= k <= C_in = {num_inputs}, got k={k}")
+    return k
 
 
 def _check_masks(real_masks: Array, name: str = "real_masks") -> None:
@@ -90,18 +116,23 @@ def sample(key: Array, real_masks: Array, k: int) -> Array:
     Args:
       key: a PRNG key. The same key and masks give the same draw.
       real_masks: ``[..., C_out, C_in]`` real-valued masks, entries expected in
-        ``[0, 1]`` (negative entries are treated as 0). Any float dtype.
-      k: the fan-in, a Python int with ``1 <= k <= C_in``.
+        ``[0, 1]`` (negative entries are treated as 0). Any float dtype; any
+        leading axes (one independent draw per row).
+      k: the fan-in, a static integer with ``1 <= k <= C_in``.
 
     Returns:
       An array of the shape and dtype of ``real_masks`` whose rows hold exactly
       ``k`` ones and ``C_in - k`` zeros. Rows with fewer than ``k`` positive
       entries (including all-zero rows) take every positive entry and fill the
       rest uniformly from the zero entries; all-zero rows are uniform. Never NaN.
+
+    Not differentiable: the draw is piecewise constant in ``real_masks``, so its
+    gradient is zero. Pass both to :func:`aggregate`, whose straight-through rule
+    carries the gradient to ``real_masks``.
     """
     _check_masks(real_masks)
     num_inputs = real_masks.shape[-1]
-    _check_k(k, num_inputs)
+    k = _check_k(k, num_inputs)
     log_probs = _row_log_probs(real_masks)
     gumbel = jax.random.gumbel(key, log_probs.shape, dtype=jnp.float32)
     _, indices = jax.lax.top_k(log_probs + gumbel, k)
@@ -115,16 +146,16 @@ def top_k(real_masks: Array, k: int) -> Array:
     largest real-valued entries (paper Sec. 2.2). Ties go to the lower index.
 
     Args:
-      real_masks: ``[..., C_out, C_in]`` real-valued masks.
-      k: a Python int with ``1 <= k <= C_in``.
+      real_masks: ``[..., C_out, C_in]`` real-valued masks, any leading axes.
+      k: a static integer with ``1 <= k <= C_in``.
 
     Returns:
       An array of the shape and dtype of ``real_masks`` with exactly ``k`` ones
-      per row.
+      per row. Not differentiable (zero gradient), like :func:`sample`.
     """
     _check_masks(real_masks)
     num_inputs = real_masks.shape[-1]
-    _check_k(k, num_inputs)
+    k = _check_k(k, num_inputs)
     # lax.top_k orders equal values by index, lower first.
     _, indices = jax.lax.top_k(real_masks, k)
     return _indices_to_k_hot(indices, num_inputs, real_masks.dtype)
@@ -139,23 +170,13 @@ def random_k_hot(key: Array, shape: tuple[int, ...], k: int, *, dtype=jnp.float3
     Args:
       key: a PRNG key.
       shape: ``(..., C_out, C_in)``.
-      k: a Python int with ``1 <= k <= C_in``.
+      k: a static integer with ``1 <= k <= C_in``.
       dtype: dtype of the result.
 
     Returns:
       An array of ``shape`` and ``dtype`` with exactly ``k`` ones per row.
     """
     return sample(key, jnp.ones(shape, dtype), k)
-
-
-def full(shape: tuple[int, ...], *, dtype=jnp.float32) -> Array:
-    """All-ones masks (``K = C``): every block reads every branch.
-
-    Note that a network of per-block inputs with all-ones masks is *not* the
-    ResNeXt module (each block keeps its own identity path); use the ``full``
-    connectivity mode of :mod:`mcjax.models` for ResNeXt.
-    """
-    return jnp.ones(shape, dtype)
 
 
 def aggregate(
@@ -177,15 +198,21 @@ def aggregate(
     real-valued ablation) gives the exact gradient of ``scale * real_masks @ y``.
 
     Args:
-      real_masks: ``[C_out, C_in]`` real-valued masks (only their gradient is used).
-      binary_masks: ``[C_out, C_in]`` masks used in the forward pass.
-      branch_outputs: ``[C_in, ...]``, the branch axis first, any dtype.
-      scale: a constant factor (``aggregation="mean"``: ``1 / K``), folded into the
-        mix so that it costs no pass of its own over the C outputs.
+      real_masks: ``[..., C_out, C_in]`` real-valued masks (only their gradient
+        is used), any float dtype.
+      binary_masks: ``[..., C_out, C_in]`` masks used in the forward pass (cast to
+        the dtype of ``branch_outputs``).
+      branch_outputs: ``[..., C_in, *features]``: the same leading axes as the
+        masks, then the branch axis, then any feature axes; any float dtype.
+      scale: a constant factor on the masks (``aggregation="mean"``: ``1 / K``), folded
+        into the mix so that it costs no pass of its own over the C outputs; the
+        gradients carry it too.
 
     Returns:
-      ``[C_out, ...]`` in the dtype of ``branch_outputs``.
+      ``[..., C_out, *features]`` in the dtype of ``branch_outputs`` (summed in
+      float32). The gradient of ``real_masks`` has their dtype.
     """
+    _check_aggregate_shapes(real_masks, binary_masks, branch_outputs)
     return _aggregate(float(scale), real_masks, binary_masks, branch_outputs)
 
 
@@ -194,47 +221,68 @@ def _aggregate(scale: float, real_masks: Array, binary_masks: Array, branch_outp
     return _mix(binary_masks, branch_outputs, scale)
 
 
-def _mix(binary_masks: Array, branch_outputs: Array, scale: float) -> Array:
-    if binary_masks.ndim != 2:
-        raise ValueError(f"masks must be [C_out, C_in], got shape {binary_masks.shape}")
-    if binary_masks.shape[1] != branch_outputs.shape[0]:
+def _scaled(x: Array, scale: float) -> Array:
+    return x if scale == 1.0 else x * jnp.asarray(scale, x.dtype)
+
+
+def _check_aggregate_shapes(real_masks: Array, binary_masks: Array, branch_outputs: Array):
+    _check_masks(binary_masks, "binary_masks")
+    if real_masks.shape != binary_masks.shape:
         raise ValueError(
-            f"masks have C_in={binary_masks.shape[1]} inputs but branch_outputs has "
-            f"{branch_outputs.shape[0]} branches on its first axis"
+            f"real_masks {real_masks.shape} and binary_masks {binary_masks.shape} "
+            "must have the same shape"
         )
-    flat = branch_outputs.reshape(branch_outputs.shape[0], -1)
+    lead = binary_masks.ndim - 2
+    if (
+        branch_outputs.ndim <= lead
+        or branch_outputs.shape[:lead] != binary_masks.shape[:lead]
+        or branch_outputs.shape[lead] != binary_masks.shape[-1]
+    ):
+        raise ValueError(
+            f"masks of shape {binary_masks.shape} ([..., C_out, C_in]) need branch_outputs "
+            f"of shape [..., C_in={binary_masks.shape[-1]}, *features] with the same leading "
+            f"axes {binary_masks.shape[:lead]}, got {branch_outputs.shape} (branches on axis "
+            f"{lead})"
+        )
+
+
+def _flat_features(x: Array, lead: int) -> Array:
+    # [..., C, *features] -> [..., C, F]
+    return x.reshape((*x.shape[: lead + 1], -1))
+
+
+def _mix(binary_masks: Array, branch_outputs: Array, scale: float) -> Array:
+    lead = binary_masks.ndim - 2
+    flat = _flat_features(branch_outputs, lead)
     out = jnp.matmul(
         _scaled(binary_masks, scale).astype(branch_outputs.dtype),
         flat,
         preferred_element_type=jnp.float32,
     )
     return out.astype(branch_outputs.dtype).reshape(
-        (binary_masks.shape[0], *branch_outputs.shape[1:])
+        (*binary_masks.shape[:-1], *branch_outputs.shape[lead + 1 :])
     )
 
 
-def _scaled(x: Array, scale: float) -> Array:
-    return x if scale == 1.0 else x * jnp.asarray(scale, x.dtype)
-
-
 def _aggregate_fwd(scale, real_masks, binary_masks, branch_outputs):
-    if real_masks.shape != binary_masks.shape:
-        raise ValueError(
-            f"real_masks {real_masks.shape} and binary_masks {binary_masks.shape} "
-            "must have the same shape"
-        )
     residuals = (real_masks, binary_masks, branch_outputs)
     return _mix(binary_masks, branch_outputs, scale), residuals
 
 
 def _aggregate_bwd(scale, residuals, g):
     real_masks, binary_masks, branch_outputs = residuals
-    flat_g = g.reshape(g.shape[0], -1)
-    flat_y = branch_outputs.reshape(branch_outputs.shape[0], -1)
-    # All C_out x C_in inner products <g_j, y_k> in one contraction.
-    d_real = _scaled(jnp.matmul(flat_g, flat_y.T, preferred_element_type=jnp.float32), scale)
+    lead = binary_masks.ndim - 2
+    flat_g = _flat_features(g, lead)
+    flat_y = _flat_features(branch_outputs, lead)
+    # All C_out x C_in inner products <g_j, y_k> in one contraction (per leading index).
+    d_real = _scaled(
+        jnp.matmul(flat_g, jnp.swapaxes(flat_y, -1, -2), preferred_element_type=jnp.float32),
+        scale,
+    )
     d_outputs = jnp.matmul(
-        _scaled(binary_masks, scale).astype(g.dtype).T, flat_g, preferred_element_type=jnp.float32
+        jnp.swapaxes(_scaled(binary_masks, scale).astype(g.dtype), -1, -2),
+        flat_g,
+        preferred_element_type=jnp.float32,
     )
     return (
         d_real.astype(real_masks.dtype),
@@ -267,7 +315,7 @@ def inclusion_probabilities(real_masks: Array, k: int) -> Array:
 
     _check_masks(real_masks)
     num_inputs = real_masks.shape[-1]
-    _check_k(k, num_inputs)
+    k = _check_k(k, num_inputs)
     probs = np.asarray(_row_probs(real_masks), np.float64)
     flat = probs.reshape(-1, num_inputs)
     result = np.zeros_like(flat)

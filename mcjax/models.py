@@ -63,10 +63,11 @@ class Network:
       in_channels: channels of the input images.
       connectivity: one of :data:`CONNECTIVITIES`.
       fan_in: K, active inputs per block (``1 <= K <= C``); ignored by ``full``.
-      aggregation: ``"sum"`` (the paper: ``x_j = sum_k m[j,k] y_k``) or ``"mean"``
-        (divided by K, so the identity path does not grow K-fold per module; the
-        head then averages the last module's outputs instead of summing them).
-        ``full`` has one stream and ignores it.
+      aggregation: ``"mean"`` (the default, as in the shipped configs: divided by
+        K, so the identity path does not grow K-fold per module; the head then
+        averages the last module's outputs instead of summing them) or ``"sum"``
+        (the paper: ``x_j = sum_k m[j,k] y_k``, which diverged at the paper's
+        learning rate in our runs). ``full`` has one stream and ignores it.
       branch_impl: formulation of the C branches, see :data:`mcjax.blocks.BRANCH_IMPLS`.
       mask_init: initial value of every real-valued mask entry (docs/design.md §3).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
@@ -89,7 +90,7 @@ class Network:
     in_channels: int = 3
     connectivity: str = "learned"
     fan_in: int = 4
-    aggregation: str = "sum"
+    aggregation: str = "mean"
     branch_impl: str = "auto"
     mask_init: float = 0.5
     dtype: Any = jnp.float32

@@ -5,14 +5,22 @@ Paper appendix E and docs/design.md §5:
 * **weights** (every parameter but the masks): SGD with momentum 0.9 and weight
   decay, the decay added to the gradient before momentum (the ResNeXt reference;
   BN scale and bias are decayed too unless ``decay_norm_and_bias=False``);
-* **masks** (``params["masks"]``): plain SGD with their own learning rate and no
-  weight decay, the result clipped to ``[0, 1]`` after every update (as
-  BinaryConnect clips its real-valued weights); or, from phase 2 on, frozen.
+* **masks**: plain SGD with their own learning rate and no weight decay, the
+  result clipped to ``[0, 1]`` after every update (as BinaryConnect clips its
+  real-valued weights); or, from phase 2 on, frozen.
+
+Which leaves are masks (:func:`is_mask`): every leaf under a key named ``masks``
+at any depth (``params["masks"]``, ``params["encoder"]["block"]["masks"]``, the
+way Flax nests a submodule's parameters), and every :class:`mcjax.nnx.Mask`
+variable. Plain dicts, ``FrozenDict``s and ``nnx.State`` all work, so the result
+is the ``tx`` of ``nnx.Optimizer`` and of ``flax.training.train_state.TrainState``.
+Other names: pass ``mask_selector``.
 
 Example::
 
     tx = mcjax.optim.maskconnect(
-        weight_learning_rate=mcjax.optim.piecewise_constant([3900, 7150], [0.1, 0.01, 0.001]),
+        weight_learning_rate=optax.join_schedules(
+            [optax.constant_schedule(v) for v in (0.1, 0.01, 0.001)], [3900, 7150]),
         mask_learning_rate=0.2, weight_decay=5e-4)
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)   # params are required
@@ -21,27 +29,45 @@ Example::
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 __all__ = [
     "MASKS",
     "WEIGHTS",
+    "MaskSelector",
     "clip_params",
+    "is_mask",
     "mask_sgd",
     "maskconnect",
     "param_labels",
-    "piecewise_constant",
     "weight_sgd",
 ]
 
 WEIGHTS = "weights"
 MASKS = "masks"
+
+
+MaskSelector = Callable[[tuple, Any], bool]
+"""``selector(path, leaf) -> bool``: True for a mask. ``path`` is the key path of
+``jax.tree_util.tree_map_with_path`` (``DictKey``, ``SequenceKey``, ``GetAttrKey``
+entries); ``leaf`` an array, or an ``nnx.Variable`` when the tree holds them."""
+
+
+def _key_name(entry) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def _is_variable(leaf) -> bool:
+    return isinstance(leaf, nnx.Variable)
 
 
 class ClipParamsState(NamedTuple):
@@ -86,9 +112,9 @@ def mask_sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformat
 def _decay_mask(params):
     # True for the leaves that get weight decay: all but BN scale/bias and biases.
     def keep(path, _):
-        return getattr(path[-1], "key", None) not in ("scale", "bias")
+        return _key_name(path[-1]) not in ("scale", "bias")
 
-    return jax.tree_util.tree_map_with_path(keep, params)
+    return jax.tree_util.tree_map_with_path(keep, params, is_leaf=_is_variable)
 
 
 def weight_sgd(
@@ -112,12 +138,47 @@ def weight_sgd(
     )
 
 
-def param_labels(params) -> dict:
-    """``"masks"`` for the subtree ``params["masks"]``, ``"weights"`` for everything else."""
-    return {
-        key: jax.tree.map(lambda _, k=key: MASKS if k == "masks" else WEIGHTS, value)
-        for key, value in params.items()
-    }
+def is_mask(path: tuple, leaf: Any) -> bool:
+    """The default :data:`MaskSelector`: under a key named ``masks``, or an NNX ``Mask``.
+
+    ``nnx.Optimizer`` hands ``tx.init`` a state of variables (types visible) but
+    ``tx.update`` plain arrays (types gone), so a ``Mask`` variable must also be
+    under a key named ``masks`` for both calls to agree; :func:`param_labels`
+    refuses one that is not rather than mislabel it silently.
+    """
+    if any(_key_name(entry) == MASKS for entry in path):
+        return True
+    if not _is_variable(leaf):
+        return False
+    from mcjax.nnx import Mask  # mcjax.nnx imports this module: import it late
+
+    return isinstance(leaf, Mask)
+
+
+def param_labels(params, *, mask_selector: MaskSelector | None = None):
+    """``"masks"`` or ``"weights"`` for every leaf of ``params``, in a tree of its structure.
+
+    Works on dicts, ``FrozenDict``s, lists and ``nnx.State`` (whose ``nnx.Variable``
+    leaves are labelled as a whole). With ``mask_selector=None`` the masks are
+    :func:`is_mask`'s; a ``Mask`` variable outside a key named ``masks`` is then an
+    error (``nnx.Optimizer`` would lose its type in ``update``).
+    """
+    selector = is_mask if mask_selector is None else mask_selector
+
+    def label(path, leaf):
+        selected = bool(selector(path, leaf))
+        named = any(_key_name(entry) == MASKS for entry in path)
+        if mask_selector is None and selected and not named:
+            where = "/".join(str(_key_name(e)) for e in path)
+            raise ValueError(
+                f"the Mask variable at {where!r} is not under a key named 'masks': "
+                "nnx.Optimizer passes plain arrays to tx.update, where its type is "
+                "gone, so it would be trained as a weight. Name the attribute 'masks' "
+                "or pass mask_selector= to maskconnect."
+            )
+        return MASKS if selected else WEIGHTS
+
+    return jax.tree_util.tree_map_with_path(label, params, is_leaf=_is_variable)
 
 
 def maskconnect(
@@ -129,8 +190,9 @@ def maskconnect(
     decay_norm_and_bias: bool = True,
     freeze_masks: bool = False,
     nesterov: bool = False,
+    mask_selector: MaskSelector | None = None,
 ) -> optax.GradientTransformation:
-    """The MaskConnect optimizer for a ``params`` dict that may hold ``"masks"``.
+    """The MaskConnect optimizer for a parameter tree that may hold masks anywhere.
 
     Args:
       weight_learning_rate: rate (or schedule of the step) for the weights.
@@ -142,6 +204,8 @@ def maskconnect(
       decay_norm_and_bias: decay BN scales/biases and biases too (the reference).
       freeze_masks: leave the masks untouched (``optax.set_to_zero``).
       nesterov: Nesterov momentum for the weights.
+      mask_selector: ``selector(path, leaf) -> bool`` that picks the masks; default
+        :func:`is_mask` (any leaf under a key named ``masks``, or an NNX ``Mask``).
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -154,26 +218,8 @@ def maskconnect(
         decay_norm_and_bias=decay_norm_and_bias,
         nesterov=nesterov,
     )
-    return optax.multi_transform({WEIGHTS: weights_tx, MASKS: masks_tx}, param_labels)
 
+    def labels(params):
+        return param_labels(params, mask_selector=mask_selector)
 
-def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> optax.Schedule:
-    """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (phases of the paper).
-
-    ``len(values) == len(boundaries) + 1``; ``boundaries`` strictly increasing.
-    Unlike ``optax.piecewise_constant_schedule`` the values are absolute, and may be 0.
-    """
-    boundaries, values = list(boundaries), list(values)
-    if len(values) != len(boundaries) + 1:
-        raise ValueError(
-            f"need one more value than boundaries, got {len(values)} and {len(boundaries)}"
-        )
-    if any(b1 >= b2 for b1, b2 in itertools.pairwise(boundaries)):
-        raise ValueError(f"boundaries must increase strictly, got {boundaries}")
-    b = jnp.asarray(boundaries, jnp.int32)
-    v = jnp.asarray(values, jnp.float32)
-
-    def schedule(step):
-        return v[jnp.searchsorted(b, jnp.asarray(step, jnp.int32), side="right")]
-
-    return schedule
+    return optax.multi_transform({WEIGHTS: weights_tx, MASKS: masks_tx}, labels)

@@ -355,3 +355,66 @@ def test_aggregate_rejects_mismatched_shapes():
         masks.aggregate(real, binary, outputs[:4])
     with pytest.raises(ValueError, match="same shape"):
         jax.vjp(masks.aggregate, real[:2], binary, outputs)
+
+
+# --- One contract: leading axes, integer-like k, no gradient through the draw --------
+
+
+def test_aggregate_with_leading_axes_equals_per_module_calls():
+    real, binary, outputs = _aggregate_inputs(batch=(2, 3))
+    out = masks.aggregate(real, binary, outputs)
+    chex.assert_shape(out, (2, 3, 3, 2, 4, 4, 3))
+    for a in range(2):
+        for b in range(3):
+            np.testing.assert_allclose(
+                out[a, b], masks.aggregate(real[a, b], binary[a, b], outputs[a, b]), atol=1e-6
+            )
+    grads = jax.grad(lambda r, y: _loss(masks.aggregate(r, binary, y)), argnums=(0, 1))(
+        real, outputs
+    )
+    ref = jax.grad(
+        lambda r, y: _loss(jax.vmap(jax.vmap(_straight_through_reference))(r, binary, y)),
+        argnums=(0, 1),
+    )(real, outputs)
+    chex.assert_trees_all_close(grads, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="leading"):
+        masks.aggregate(real, binary, outputs[:1])
+
+
+@pytest.mark.parametrize("k", [np.int64(2), np.int32(2), jnp.int32(2)])
+def test_integer_like_k(k):
+    real = jax.random.uniform(jax.random.key(0), (3, 5))
+    np.testing.assert_array_equal(masks.top_k(real, k), masks.top_k(real, 2))
+    np.testing.assert_array_equal(
+        masks.sample(jax.random.key(1), real, k), masks.sample(jax.random.key(1), real, 2)
+    )
+
+
+@pytest.mark.parametrize("k", [2.0, True, "2"])
+def test_non_integer_k_is_refused(k):
+    with pytest.raises(TypeError, match="integer"):
+        masks.top_k(jnp.ones((3, 5)), k)
+
+
+def test_traced_k_gets_a_clear_error():
+    real = jnp.ones((3, 5))
+    with pytest.raises(TypeError, match="static"):
+        jax.jit(masks.top_k)(real, 2)
+    with pytest.raises(TypeError, match="static"):
+        jax.jit(lambda key, k: masks.sample(key, real, k))(jax.random.key(0), 2)
+    # As the message says: a static argument works.
+    jax.jit(masks.top_k, static_argnames="k")(real, k=2)
+
+
+def test_sample_and_top_k_have_zero_gradient():
+    real = jax.random.uniform(jax.random.key(0), (3, 5))
+    weights = jnp.arange(15.0).reshape(3, 5)
+    for fn in (lambda r: masks.sample(jax.random.key(1), r, 2), lambda r: masks.top_k(r, 2)):
+        np.testing.assert_array_equal(jax.grad(lambda r, f=fn: (f(r) * weights).sum())(real), 0)
+
+
+def test_dtypes_as_documented():
+    real16 = jax.random.uniform(jax.random.key(0), (3, 5)).astype(jnp.bfloat16)
+    chex.assert_type(masks.sample(jax.random.key(1), real16, 2), jnp.bfloat16)
+    chex.assert_type(masks.top_k(real16, 2), jnp.bfloat16)
+    chex.assert_type(masks.random_k_hot(jax.random.key(1), (3, 5), 2), jnp.float32)

@@ -54,6 +54,7 @@ IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.flo
 
 
 def _net(mode, impl="loop", arch=ARCH, **kwargs):
+    kwargs.setdefault("aggregation", "sum")  # the reference's default, the paper's form
     return models.Network(
         arch, num_classes=NUM_CLASSES, connectivity=mode, fan_in=K, branch_impl=impl, **kwargs
     )

@@ -2,10 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
+from flax.core import freeze
 
+from mcjax import nnx as mnnx
 from mcjax import optim
 
 
@@ -64,7 +68,10 @@ def test_frozen_masks_do_not_move(how):
         tx = optim.maskconnect(weight_learning_rate=0.1, freeze_masks=True)
     else:
         tx = optim.maskconnect(
-            weight_learning_rate=0.1, mask_learning_rate=optim.piecewise_constant([2], [0.2, 0.0])
+            weight_learning_rate=0.1,
+            mask_learning_rate=optax.join_schedules(
+                [optax.constant_schedule(0.2), optax.constant_schedule(0.0)], [2]
+            ),
         )
     params = _params(jax.random.key(3))
     state = tx.init(params)
@@ -97,15 +104,24 @@ def test_weights_follow_sgd_momentum_on_a_quadratic():
     np.testing.assert_allclose(params["w"], w, rtol=1e-5, atol=1e-6)
 
 
-def test_piecewise_constant():
-    schedule = optim.piecewise_constant([10, 20, 25], [0.1, 0.1, 0.01, 0.0])
-    got = [float(schedule(s)) for s in (0, 9, 10, 19, 20, 24, 25, 1000)]
-    np.testing.assert_allclose(got, [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.0, 0.0])
-    assert float(jax.jit(schedule)(jnp.int32(22))) == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="one more value"):
-        optim.piecewise_constant([1, 2], [0.1])
-    with pytest.raises(ValueError, match="increase"):
-        optim.piecewise_constant([2, 2], [0.1, 0.2, 0.3])
+def test_learning_rates_by_phase():
+    # The training program's per-phase rates (optax.join_schedules of constants).
+    from mcjax.training import loop
+
+    config = ml_collections.ConfigDict(
+        {
+            "weight_learning_rates": (0.1, 0.1, 0.01, 0.0),
+            "phase_epochs": (1, 1, 0.5, 0.5),
+            "mask_learning_rate": 0.2,
+        }
+    )
+    weights, masks = loop.learning_rates(config, loop.Schedule(10, (10, 10, 5, 5)))
+    steps = (0, 9, 10, 19, 20, 24, 25, 1000)
+    np.testing.assert_allclose(
+        [float(weights(s)) for s in steps], [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.0, 0.0]
+    )
+    np.testing.assert_allclose([float(masks(s)) for s in steps], [0.2, 0.2] + [0.0] * 6)
+    assert float(jax.jit(weights)(jnp.int32(22))) == pytest.approx(0.01)
 
 
 def test_clip_params_needs_params():
@@ -114,3 +130,126 @@ def test_clip_params_needs_params():
         tx.update({"m": jnp.ones(2)}, tx.init(None))
     with pytest.raises(ValueError):
         optim.clip_params(1.0, 0.0)
+
+
+# --- Masks anywhere: nested dicts, FrozenDicts, nnx.State ------------------------------
+
+
+def _nested(key):
+    """A Flax-like tree: the masks two levels down, beside weights of the same shapes."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {
+        "encoder": {
+            "block": {
+                "masks": jax.random.uniform(k1, (4, 4)),
+                "dense": {"kernel": jax.random.normal(k2, (4, 4))},
+            },
+        },
+        "head": {"kernel": jax.random.normal(k3, (4, 4)), "bias": jax.random.normal(k4, (4,))},
+    }
+
+
+def _check_one_update(tx, params, get_masks, get_kernel, grads):
+    """Masks: clip(m - 0.5 g, 0, 1), no decay, no momentum; weights: SGD-momentum + decay."""
+    state = tx.init(params)
+    m0, w0 = np.asarray(get_masks(params)), np.asarray(get_kernel(params))
+    gm, gw = np.asarray(get_masks(grads)), np.asarray(get_kernel(grads))
+    for step in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        if step == 0:
+            np.testing.assert_allclose(get_masks(params), np.clip(m0 - 0.5 * gm, 0, 1), atol=1e-6)
+            v = gw + 0.1 * w0
+            w1 = w0 - 0.01 * v
+            np.testing.assert_allclose(get_kernel(params), w1, rtol=1e-5, atol=1e-6)
+            m1 = np.clip(m0 - 0.5 * gm, 0, 1)
+    # Second step: no momentum on the masks, momentum 0.9 on the weights.
+    np.testing.assert_allclose(get_masks(params), np.clip(m1 - 0.5 * gm, 0, 1), atol=1e-6)
+    v = 0.9 * v + gw + 0.1 * w1
+    np.testing.assert_allclose(get_kernel(params), w1 - 0.01 * v, rtol=1e-5, atol=1e-6)
+
+
+def _tx(**kwargs):
+    return optim.maskconnect(
+        weight_learning_rate=0.01, mask_learning_rate=0.5, weight_decay=0.1, **kwargs
+    )
+
+
+@pytest.mark.parametrize("container", ["dict", "FrozenDict"])
+def test_nested_masks_are_found(container):
+    params = _nested(jax.random.key(0))
+    grads = jax.tree.map(lambda p: 2.0 * jnp.ones_like(p) - p, params)
+    if container == "FrozenDict":
+        params, grads = freeze(params), freeze(grads)
+    labels = optim.param_labels(params)
+    assert labels["encoder"]["block"]["masks"] == "masks"
+    assert labels["encoder"]["block"]["dense"]["kernel"] == "weights"
+    _check_one_update(
+        _tx(),
+        params,
+        lambda t: t["encoder"]["block"]["masks"],
+        lambda t: t["head"]["kernel"],
+        grads,
+    )
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.masks = mnnx.Mask(jax.random.uniform(rngs.params(), (4, 4)))
+        self.dense = nnx.Linear(4, 4, rngs=rngs)
+
+
+class _Model(nnx.Module):
+    def __init__(self, rngs):
+        self.block = _Block(rngs)
+        self.head = nnx.Linear(4, 4, rngs=rngs)
+
+
+def test_masks_in_nnx_state():
+    model = _Model(nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    labels = optim.param_labels(params)
+    assert labels["block"]["masks"] == "masks" and labels["head"]["kernel"] == "weights"
+    # What nnx.Optimizer hands tx.update: plain arrays in an nnx.State.
+    arrays = nnx.as_pure(params)
+    grads = jax.tree.map(lambda p: 2.0 * jnp.ones_like(p) - p, arrays)
+    _check_one_update(
+        _tx(), arrays, lambda t: t["block"]["masks"], lambda t: t["head"]["kernel"], grads
+    )
+
+
+def test_nnx_optimizer_trains_masks_as_masks():
+    model = _Model(nnx.Rngs(1))
+    start_masks, start_kernel = model.block.masks[...], model.head.kernel[...]
+    optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, -10.0), nnx.state(model, nnx.Param))
+    optimizer.update(model, grads)
+    np.testing.assert_allclose(model.block.masks[...], np.clip(start_masks + 5.0, 0, 1))
+    np.testing.assert_allclose(
+        model.head.kernel[...], start_kernel - 0.01 * (-10.0 + 0.1 * start_kernel), rtol=1e-5
+    )
+
+
+def test_a_mask_variable_not_named_masks_is_refused():
+    class Gate(nnx.Module):
+        def __init__(self):
+            self.gates = mnnx.Mask(jnp.full((2, 2), 0.5))
+
+    with pytest.raises(ValueError, match="not under a key named 'masks'"):
+        nnx.Optimizer(Gate(), _tx(), wrt=nnx.Param)
+
+
+def test_user_selector():
+    params = {"gates": jnp.full((2, 2), 0.5), "kernel": jnp.ones((2, 2))}
+
+    def selector(path, leaf):
+        return path[-1].key == "gates"
+
+    tx = _tx(mask_selector=selector)
+    grads = {"gates": jnp.full((2, 2), -10.0), "kernel": jnp.zeros((2, 2))}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["gates"], 1.0)  # clipped mask SGD
+    np.testing.assert_allclose(new["kernel"], 1.0 - 0.01 * 0.1, rtol=1e-6)  # decayed weight
+    # Without the selector, "gates" would be a weight: say so in the labels.
+    assert optim.param_labels(params)["gates"] == "weights"

@@ -59,10 +59,14 @@ def learning_rates(
     """Weights: one rate per phase; masks: ``mask_learning_rate`` in phase 1, then 0."""
     if len(weight_learning_rates) != len(schedule.phase_steps):
         raise ValueError("need one weight learning rate per phase")
-    ends = schedule.phase_ends
+    ends = list(schedule.phase_ends)
+
+    def piecewise(values, boundaries):
+        return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
     return (
-        optim.piecewise_constant(ends[:-1], weight_learning_rates),
-        optim.piecewise_constant(ends[:1], [mask_learning_rate, 0.0]),
+        piecewise(weight_learning_rates, ends[:-1]),
+        piecewise([mask_learning_rate, 0.0], ends[:1]),
     )
 
 
