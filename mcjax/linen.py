@@ -182,6 +182,7 @@ class Network(nn.Module):
     mask_init: float = 0.5
     dtype: Any = jnp.float32
     zero_init_residual: bool = False
+    full_per_branch_bn: bool = False
     frozen: bool = False
 
     @property
@@ -199,6 +200,7 @@ class Network(nn.Module):
             mask_init=self.mask_init,
             dtype=self.dtype,
             zero_init_residual=self.zero_init_residual,
+            full_per_branch_bn=self.full_per_branch_bn,
         )
 
     @classmethod
@@ -215,6 +217,7 @@ class Network(nn.Module):
             mask_init=net.mask_init,
             dtype=net.dtype,
             zero_init_residual=net.zero_init_residual,
+            full_per_branch_bn=net.full_per_branch_bn,
             **kwargs,
         )
 
