@@ -47,7 +47,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput
 
-from mcjax import blocks, masks, optim
+from mcjax import masks, optim
 from mcjax.training import steps
 
 _aggregate = masks.aggregate
@@ -63,11 +63,6 @@ def _aggregate_then_divide(real, binary, outputs, *, scale=1.0):
 # traced. Each maps a name to (module, attribute, value) replacements.
 VARIANTS = {
     "current": (),
-    # Stack the C branches after every convolution and slice before the next (the
-    # branch layout [C,N,H,W,c]) instead of keeping them as C arrays.
-    "loop_stacked": ((blocks, "_LOOP_KEEPS_BRANCHES_APART", False),),
-    # Keep them as C separate arrays from a module's input to its last BN.
-    "loop_apart": ((blocks, "_LOOP_KEEPS_BRANCHES_APART", True),),
     "mean_divides_after_mix": ((masks, "aggregate", _aggregate_then_divide),),
 }
 

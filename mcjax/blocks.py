@@ -220,9 +220,6 @@ def residual_functions(
         )
         return _from_grouped(h, c), new_stats
 
-    if impl == "loop" and _LOOP_KEEPS_BRANCHES_APART:
-        return _apart_residuals(params, stats, x, stride=stride, bn={**bn, "axes": (0, 1, 2)})
-
     # Branch layout [C,N,H,W,c]; BN reduces over N, H, W per branch and channel.
     if shared:
         h = _from_grouped(_fused_first_conv(x, params["conv1"]), c)
@@ -234,37 +231,6 @@ def residual_functions(
     h = _branch_conv(jax.nn.relu(h), params["conv3"], 1, impl)
     h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], axes=(1, 2, 3), **bn)
     return h, new_stats
-
-
-# Whether "loop" keeps the C branches as C separate arrays from a module's input to its
-# last BN (a per-branch BN is then a plain BN of one array) and stacks them once, instead
-# of stacking after every convolution and slicing before the next one. Off until it is
-# measured to pay on a quiet machine: `benchmarks/step_profile.py --variants current
-# loop_apart` (benchmarks/RESULTS_NOTES_CPU.md); off keeps the masked modes' bits.
-_LOOP_KEEPS_BRANCHES_APART = False
-
-
-def _apart_residuals(params: dict, stats: dict, x: Array, *, stride: int, bn: dict):
-    """``residual_functions`` for ``impl="loop"``, one array per branch."""
-    c = params["conv1"].shape[0]
-
-    def branch(tree, j):
-        return jax.tree.map(lambda a: a[j], tree)
-
-    outputs, branch_stats = [], []
-    for j in range(c):
-        h = layers.conv2d(x if x.ndim == 4 else x[j], params["conv1"][j])
-        h, s1 = layers.batch_norm(h, branch(params["bn1"], j), branch(stats["bn1"], j), **bn)
-        h = layers.conv2d(jax.nn.relu(h), params["conv2"][j], stride=stride)
-        h, s2 = layers.batch_norm(h, branch(params["bn2"], j), branch(stats["bn2"], j), **bn)
-        h = layers.conv2d(jax.nn.relu(h), params["conv3"][j])
-        h, s3 = layers.batch_norm(h, branch(params["bn3"], j), branch(stats["bn3"], j), **bn)
-        outputs.append(h)
-        branch_stats.append({"bn1": s1, "bn2": s2, "bn3": s3})
-    new_stats = dict(stats)
-    for name in ("bn1", "bn2", "bn3"):
-        new_stats[name] = jax.tree.map(lambda *a: jnp.stack(a), *[s[name] for s in branch_stats])
-    return jnp.stack(outputs), new_stats
 
 
 def shortcut(

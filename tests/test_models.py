@@ -715,31 +715,3 @@ def test_zero_init_residual_makes_every_block_its_shortcut():
             train=True,
         )
         assert bool(jnp.allclose(y, jax.nn.relu(shortcut))) == zero
-
-
-@pytest.mark.parametrize("shared", [True, False])
-def test_loop_with_branches_apart_is_the_stacked_loop(monkeypatch, shared):
-    """The two layouts of ``impl="loop"`` compute the same function and gradients."""
-    spec = ARCH.modules[1]
-    params, stats = blocks.init_module(jax.random.key(0), spec)
-    params = jax.tree.map(lambda a: a * 1.3 + 0.1, params)  # BN scale/bias off their init
-    shape = (2, 8, 8, spec.in_channels) if shared else (C, 2, 8, 8, spec.in_channels)
-    x = jax.random.normal(jax.random.key(1), shape)
-
-    def run(apart):
-        monkeypatch.setattr(blocks, "_LOOP_KEEPS_BRANCHES_APART", apart)
-
-        def loss(params, x):
-            f, new_stats = blocks.residual_functions(
-                params, stats, x, stride=spec.stride, train=True, impl="loop"
-            )
-            return _loss(f), (f, new_stats)
-
-        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
-
-    (_, (f, new_stats)), grads = run(True)
-    (_, (ref_f, ref_stats)), ref_grads = run(False)
-    assert float(jnp.std(ref_f)) > 0.1
-    _assert_close(f, ref_f, 1e-5)
-    _assert_close(new_stats, ref_stats, 1e-5)
-    _assert_close(grads, ref_grads, 1e-5)
