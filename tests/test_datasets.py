@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcjax.data import sources
+from mcjax.data import image_folder, sources
 from mcjax.data.sources import DataError
 
 # ----------------------------------------------------------------------------- digits
@@ -132,7 +132,7 @@ def _make_folder(root, num_classes: int = 5, per_class: int = 7) -> None:
 
 def test_image_folder_split_labels_and_resize(tmp_path):
     _make_folder(tmp_path)
-    data = sources.load_image_folder(
+    data = image_folder.load_image_folder(
         str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
     )
     assert data.num_classes == 5 and data.name == "mini_imagenet"
@@ -168,7 +168,7 @@ def test_image_folder_reads_grey_and_jpeg_and_dispatch(tmp_path):
 def test_image_folder_wrong_class_count(tmp_path):
     _make_folder(tmp_path, num_classes=4)
     with pytest.raises(DataError, match=r"has 4 class subfolders .* but 5 are expected"):
-        sources.load_image_folder(
+        image_folder.load_image_folder(
             str(tmp_path), train_per_class=5, test_per_class=2, expected_classes=5
         )
 
@@ -177,7 +177,7 @@ def test_image_folder_too_few_images(tmp_path):
     _make_folder(tmp_path)
     os.remove(tmp_path / "n003" / "img_06.png")
     with pytest.raises(DataError, match=r"n003 has 6 images but 7 are needed"):
-        sources.load_image_folder(
+        image_folder.load_image_folder(
             str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
         )
 
@@ -187,14 +187,14 @@ def test_image_folder_corrupt_file_is_named(tmp_path):
     bad = tmp_path / "n002" / "img_03.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not image data")
     with pytest.raises(DataError, match=r"cannot read image .*n002.img_03\.png"):
-        sources.load_image_folder(
+        image_folder.load_image_folder(
             str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
         )
 
 
 def test_image_folder_missing_root(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        sources.load_image_folder(str(tmp_path / "absent"))
+        image_folder.load_image_folder(str(tmp_path / "absent"))
     with pytest.raises(DataError, match=r"needs `--config\.data\.data_dir="):
         sources.load("mini_imagenet", data_dir="")
 

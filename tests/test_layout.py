@@ -12,7 +12,6 @@ import pathlib
 import re
 import subprocess
 
-import pytest
 import setuptools
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -200,9 +199,6 @@ def test_import_scanner_sees_every_form():
     assert "mcjax.data" in imported_modules("from . import x", "mcjax.data", is_package=True)
 
 
-@pytest.mark.xfail(
-    strict=False, reason="issue 13: the modules over the limit are being split; then drop this"
-)
 def test_modules_are_short():
     long = {
         str(p.relative_to(ROOT)): n

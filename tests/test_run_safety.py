@@ -364,14 +364,14 @@ def test_case6_another_seed_on_resume_is_refused(uninterrupted, tmp_path):
 
 
 def test_case7_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
-    from mcjax.data import sources
+    from mcjax.data import image_folder
 
     levels = np.array([[0, 257 * 64], [257 * 128, 65535]], np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(levels).save(path)
     with Image.open(path) as image:
         assert image.mode.startswith("I")  # really a 16-bit PNG
-    pixels = sources._read_resized(str(path), 2)
+    pixels = image_folder._read_resized(str(path), 2)
     np.testing.assert_array_equal(pixels[..., 0], [[0, 64], [128, 255]])
     np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
 

@@ -13,7 +13,8 @@ import ml_collections
 import pytest
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
-from mcjax.training.validation import ConfigError, check_workdir_matches, validate_config
+from mcjax.training.resume_rules import check_workdir_matches
+from mcjax.training.validation import ConfigError, validate_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -90,11 +90,11 @@ def _load_cifar(name: str):
 
 
 def _load_mini_imagenet(*, data_dir=None, num_classes=None, **options):
-    from mcjax.data import sources
+    from mcjax.data import image_folder
 
     spec = DATASETS["mini_imagenet"]
     train_per_class, test_per_class = spec.split
-    return sources.load_image_folder(
+    return image_folder.load_image_folder(
         data_dir,
         image_size=int(options.pop("folder_image_size", spec.stored_size)),
         train_per_class=int(options.pop("train_per_class", train_per_class)),
