@@ -11,7 +11,7 @@ Several processes (hosts, or one per GPU) run the same command; they join with
 A workdir that holds a checkpoint is resumed from it (the newest one whose checksums
 verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning).
 
-Exit statuses (constants in :mod:`mcjax.training.preemption`):
+Exit statuses (constants in :mod:`mcjax.training.exit_codes`):
 
 * 0: finished.
 * 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag or
@@ -42,6 +42,7 @@ from mcjax.data import sources
 from mcjax.training import (
     checkpoint,
     distributed,
+    exit_codes,
     loop,
     preemption,
     resume_rules,
@@ -53,7 +54,7 @@ from mcjax.training import (
 
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(preemption.EXIT_BAD_INPUT)
+    sys.exit(exit_codes.EXIT_BAD_INPUT)
 
 
 def _unknown_field(error: Exception, argv: list[str]) -> str:
@@ -185,7 +186,7 @@ def main(argv):
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(preemption.EXIT_BAD_INPUT)
+        sys.exit(exit_codes.EXIT_BAD_INPUT)
     try:  # every field, before anything is loaded or compiled
         validation.validate_config(config, num_devices=jax.device_count())
         resume_rules.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
@@ -195,14 +196,14 @@ def main(argv):
     except validation.ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        sys.exit(preemption.EXIT_BAD_INPUT)
+        sys.exit(exit_codes.EXIT_BAD_INPUT)
     logging.info("workdir %s", workdir)
     try:
         summary = loop.train_and_evaluate(config, workdir, force_resume=_FORCE_RESUME.value)
     except validation.ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        sys.exit(preemption.EXIT_BAD_INPUT)
+        sys.exit(exit_codes.EXIT_BAD_INPUT)
     except (
         sources.DataError,
         checkpoint.CheckpointMismatch,
@@ -216,10 +217,10 @@ def main(argv):
         _fail(line)
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(preemption.EXIT_NON_FINITE)
+        sys.exit(exit_codes.EXIT_NON_FINITE)
     except preemption.Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
-        sys.exit(preemption.EXIT_PREEMPTED)
+        sys.exit(exit_codes.EXIT_PREEMPTED)
     if jax.process_index() == 0:
         print(run_outputs.format_summary(summary))
 

@@ -32,7 +32,7 @@ import sys
 
 from mcjax.sweeps import grid, local, plan, presets, report, slurm
 from mcjax.sweeps.resolve import SweepError
-from mcjax.training import preemption
+from mcjax.training import exit_codes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return preemption.EXIT_BAD_INPUT
+        return exit_codes.EXIT_BAD_INPUT
     if args.dry_run:
         for run in runs:
             command = shlex.join(["python", "-m", "mcjax.main", *run.main_args(sweep)])
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = local.run_all(sweep, runs)
     table = report.report(sweep, runs, notes)
-    if status != preemption.EXIT_PREEMPTED:
+    if status != exit_codes.EXIT_PREEMPTED:
         print(table, end="")
     return status
 

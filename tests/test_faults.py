@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from mcjax.training import from_config, loop, preemption, run_outputs, steps
+from mcjax.training import exit_codes, from_config, loop, run_outputs, steps
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
@@ -134,7 +134,7 @@ def test_sigterm_saves_exits_75_and_resumes(uninterrupted, tmp_path):
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == preemption.EXIT_PREEMPTED == 75, stderr
+    assert process.returncode == exit_codes.EXIT_PREEMPTED == 75, stderr
     assert "Traceback" not in stderr
     lines = _message_lines(stderr)
     assert len(lines) == 1 and "SIGTERM" in lines[0], stderr
@@ -278,7 +278,7 @@ def test_nan_at_step_k_exits_3_naming_step_and_phase(uninterrupted, tmp_path):
     result = _run(
         ["--workdir", str(workdir), *TINY_FLAGS, f"--config.debug_inject_nan_at_step={k}"]
     )
-    assert result.returncode == preemption.EXIT_NON_FINITE == 3, result.stderr
+    assert result.returncode == exit_codes.EXIT_NON_FINITE == 3, result.stderr
     assert "Traceback" not in result.stderr
     lines = _message_lines(result.stderr)
     assert len(lines) == 1, result.stderr
@@ -297,7 +297,7 @@ def test_nan_at_step_k_exits_3_naming_step_and_phase(uninterrupted, tmp_path):
 
 def _bad_data_line(args: list[str]) -> str:
     result = _run(args, timeout=60)
-    assert result.returncode == preemption.EXIT_BAD_INPUT == 2, result.stderr
+    assert result.returncode == exit_codes.EXIT_BAD_INPUT == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = _message_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -30,6 +30,7 @@ from test_train import digits_config
 from configs import digits, imagenet
 from mcjax import connectivity, masks
 from mcjax.training import (
+    exit_codes,
     from_config,
     loop,
     preemption,
@@ -77,7 +78,7 @@ def _main(*args: str, cwd=REPO_ROOT, env=None, timeout: float = 120):
 
 def _one_error_line(result) -> str:
     """The run exited 2 with exactly one ``error:`` line and no traceback."""
-    assert result.returncode == preemption.EXIT_BAD_INPUT == 2, result.stderr
+    assert result.returncode == exit_codes.EXIT_BAD_INPUT == 2, result.stderr
     assert "Traceback" not in result.stderr and "FATAL" not in result.stderr, result.stderr
     lines = _message_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -240,7 +241,7 @@ def test_case3_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path
         _, stderr = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode in (0, preemption.EXIT_PREEMPTED), stderr
+    assert first.returncode in (0, exit_codes.EXIT_PREEMPTED), stderr
     assert "Traceback" not in stderr
 
 

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mcjax.sweeps.plan import Run, Sweep
-from mcjax.training import preemption
+from mcjax.training import exit_codes
 
 _PR_SET_PDEATHSIG = 1
 
@@ -149,17 +149,17 @@ def run_all(
                 out(f"  done: {_outcome(run)}")
                 continue
             detail = _last_error(log_path)
-            if status == preemption.EXIT_PREEMPTED:
+            if status == exit_codes.EXIT_PREEMPTED:
                 out(f"  stopped (exit 75): {detail}")
                 forward.stopping = forward.stopping or "preemption of the run"
                 break
             out(f"  failed (exit {status}): {detail}")
-            if status == preemption.EXIT_BAD_INPUT:
+            if status == exit_codes.EXIT_BAD_INPUT:
                 return status
             failed.append(status)
     if forward.stopping and any(run.status() != "finished" for run in runs):
         out(f"sweep stopped ({forward.stopping}); run the same command again to resume")
-        return preemption.EXIT_PREEMPTED
+        return exit_codes.EXIT_PREEMPTED
     if failed:
-        return preemption.EXIT_NON_FINITE if preemption.EXIT_NON_FINITE in failed else 1
+        return exit_codes.EXIT_NON_FINITE if exit_codes.EXIT_NON_FINITE in failed else 1
     return 0

@@ -15,11 +15,6 @@ from __future__ import annotations
 import signal
 import threading
 
-# Exit statuses of ``python -m mcjax.main`` (besides 0 and 1 for an unexpected error).
-EXIT_BAD_INPUT = 2  # a config or data problem, reported on one line
-EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last checkpoint is intact
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGINT after saving; run again to resume
-
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
