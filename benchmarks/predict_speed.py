@@ -36,7 +36,7 @@ def _fresh_model(path: str, data) -> export.LoadedModel:
     variables = jax.jit(lambda key: models.init(key, net))(jax.random.key(0))
     params = dict(variables["params"])
     params["masks"] = jax.random.uniform(jax.random.key(1), net.masks_shape)
-    pruned = prune.prune(
+    pruned = prune.drop_dead_blocks(
         net, params, variables["batch_stats"], masks.top_k(params["masks"], net.fan_in)
     )
     export.save(

@@ -194,7 +194,7 @@ def inference_rows(
     variables = models.init(jax.random.key(0), net)
     conn = np.asarray(variables["connectivity"])
     images, _ = _batch(batch, image_size, num_classes)
-    pruned = prune.prune(net, variables["params"], variables["batch_stats"], conn)
+    pruned = prune.drop_dead_blocks(net, variables["params"], variables["batch_stats"], conn)
     rows = []
     for name, model, params, stats, connectivity in (
         ("unpruned", net, variables["params"], variables["batch_stats"], jnp.asarray(conn)),

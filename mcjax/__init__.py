@@ -11,7 +11,7 @@ Public API (see each module's docstring):
 * :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``; masks found at
   any depth, in dicts, ``FrozenDict``s and ``nnx.State``), ``mask_sgd``, ``weight_sgd``,
   ``clip_params``, ``is_mask``;
-* :mod:`mcjax.prune`: ``live_blocks``, ``prune``;
+* :mod:`mcjax.prune`: ``live_blocks``, ``drop_dead_blocks``;
 * :mod:`mcjax.export`: ``save``, ``load``, ``predict`` (the pruned model, jitted);
 * :mod:`mcjax.nnx` and :mod:`mcjax.linen`: Flax modules over this core
   (``MaskedAggregation``, ``MultiBranch``, ``Network``; NNX's ``Mask`` param type);

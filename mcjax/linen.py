@@ -299,10 +299,10 @@ def frozen_connectivity(module: Network, variables) -> Array | None:
     return functional["connectivity"]
 
 
-def prune(module: Network, variables) -> prune_lib.PrunedModel:
-    """The live blocks under the frozen connectivity (:func:`mcjax.prune.prune`)."""
+def drop_dead_blocks(module: Network, variables) -> prune_lib.PrunedModel:
+    """The live blocks under the frozen connectivity (:func:`mcjax.prune.drop_dead_blocks`)."""
     functional = functional_variables(variables)
-    return prune_lib.prune(
+    return prune_lib.drop_dead_blocks(
         module.functional,
         functional["params"],
         functional["batch_stats"],

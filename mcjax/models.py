@@ -213,7 +213,7 @@ def apply(
 
     Args:
       net: the static description.
-      params: as from :func:`init` (or :func:`mcjax.prune.prune`).
+      params: as from :func:`init` (or :func:`mcjax.prune.drop_dead_blocks`).
       batch_stats: BN running statistics.
       images: ``[N, H, W, in_channels]``, any float dtype (cast to ``net.dtype``).
       connectivity: ``None`` for ``full``; otherwise the masks of modules

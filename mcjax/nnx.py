@@ -369,8 +369,8 @@ class Network(nnx.Module):
 
     def prune(self) -> prune_lib.PrunedModel:
         """The network of the live blocks under the frozen connectivity
-        (:func:`mcjax.prune.prune`; save it with :func:`mcjax.export.save`)."""
+        (:func:`mcjax.prune.drop_dead_blocks`; save it with :func:`mcjax.export.save`)."""
         variables = self.to_variables()
-        return prune_lib.prune(
+        return prune_lib.drop_dead_blocks(
             self.net, variables["params"], variables["batch_stats"], self.frozen_connectivity()
         )

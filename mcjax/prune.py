@@ -9,7 +9,7 @@ the shared projection's batch statistics would see fewer inputs).
 Example::
 
     binary = mcjax.masks.top_k(params["masks"], net.fan_in)
-    pruned = mcjax.prune.prune(net, params, batch_stats, binary)
+    pruned = mcjax.prune.drop_dead_blocks(net, params, batch_stats, binary)
     logits, _ = mcjax.apply(pruned.net, pruned.params, pruned.batch_stats, images,
                             connectivity=pruned.connectivity, train=False)
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from mcjax.models import Network
 
-__all__ = ["PrunedModel", "live_blocks", "prune"]
+__all__ = ["PrunedModel", "drop_dead_blocks", "live_blocks"]
 
 # Module parameters stacked on a leading branch axis; the shortcut is shared.
 _PER_BRANCH = ("conv1", "conv2", "conv3", "bn1", "bn2", "bn3")
@@ -85,7 +85,7 @@ def _slice_module(tree: dict, keep: np.ndarray) -> dict:
     }
 
 
-def prune(
+def drop_dead_blocks(
     net: Network,
     params: dict,
     batch_stats: dict,

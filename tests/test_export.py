@@ -26,7 +26,7 @@ def model(tmp_path_factory):
         "bias": params["head"]["bias"],
     }
     params["masks"] = jax.random.uniform(jax.random.key(2), net.masks_shape)
-    pruned = prune.prune(
+    pruned = prune.drop_dead_blocks(
         net, params, variables["batch_stats"], masks.top_k(params["masks"], net.fan_in)
     )
     path = str(tmp_path_factory.mktemp("export") / "pruned_model")

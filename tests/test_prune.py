@@ -56,7 +56,7 @@ def test_pruned_logits_equal_unpruned(fan_in):
     images = jax.random.normal(jax.random.key(4), (3, 16, 16, 3))
 
     logits, _ = models.apply(net, params, stats, images, connectivity=binary, train=False)
-    pruned = prune.prune(net, params, stats, binary)
+    pruned = prune.drop_dead_blocks(net, params, stats, binary)
     pruned_logits, _ = models.apply(
         pruned.net,
         pruned.params,
@@ -84,11 +84,11 @@ def test_pruned_logits_equal_unpruned(fan_in):
 def test_full_connectivity_prunes_nothing():
     net = models.Network(get_architecture("11,2,4"), num_classes=3, connectivity="full")
     variables = models.init(jax.random.key(0), net)
-    pruned = prune.prune(net, variables["params"], variables["batch_stats"], None)
+    pruned = prune.drop_dead_blocks(net, variables["params"], variables["batch_stats"], None)
     assert pruned.net == net and all(k.all() for k in pruned.live)
     learned = models.Network(get_architecture("11,2,4"), num_classes=3)
     with pytest.raises(ValueError, match="needs its masks"):
-        prune.prune(learned, variables["params"], variables["batch_stats"], None)
+        prune.drop_dead_blocks(learned, variables["params"], variables["batch_stats"], None)
 
 
 @pytest.mark.parametrize("per_branch_bn", [False, True])
@@ -107,7 +107,7 @@ def test_full_model_saves_and_loads(tmp_path, per_branch_bn):
         net, variables["params"], variables["batch_stats"], images, connectivity=None, train=True
     )
     params = jax.tree.map(lambda a: a + 0.1, variables["params"])  # a head that is not zero
-    pruned = prune.prune(net, params, stats, None)
+    pruned = prune.drop_dead_blocks(net, params, stats, None)
     export.save(str(tmp_path), pruned.net, pruned.params, pruned.batch_stats, None, mean_image=0.0)
     model = export.load(str(tmp_path))
     assert model.net == net

@@ -70,7 +70,7 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
     ``conn`` is the connectivity the run evaluates with (``None`` for ``full``); ``final``
     the last evaluation. Returns the summary (every process; only the writer writes).
     """
-    pruned = prune.prune(
+    pruned = prune.drop_dead_blocks(
         net, state.params, state.batch_stats, None if conn is None else np.asarray(conn)
     )
     size, channels = int(config.data.image_size), int(config.data.channels)
