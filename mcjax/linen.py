@@ -299,7 +299,7 @@ def frozen_connectivity(module: Network, variables) -> Array | None:
     return functional["connectivity"]
 
 
-def drop_dead_blocks(module: Network, variables) -> prune_lib.PrunedModel:
+def prune(module: Network, variables) -> prune_lib.PrunedModel:
     """The live blocks under the frozen connectivity (:func:`mcjax.prune.drop_dead_blocks`)."""
     functional = functional_variables(variables)
     return prune_lib.drop_dead_blocks(

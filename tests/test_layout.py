@@ -42,6 +42,8 @@ MAX_MODULE_LINES = 400
 _OLD_CITATION = re.compile("DESIGN" + r"\s*§")
 # A Markdown document named by path (``docs/design.md``, ``launch/README.md``).
 _DOCUMENT = re.compile(r"[\w.:/-]*\w\.md\b")
+# Markdown files the programs write into a workdir (named as outputs, not cited).
+_WRITTEN_BY_RUNS = ("table.md",)
 _DESIGN_SECTION = re.compile(r"docs/design\.md\s*§\s*(\d+)(?:\s*-\s*(\d+))?")
 
 
@@ -81,6 +83,8 @@ def _cited_documents(path: pathlib.Path, text: str) -> list[str]:
         if "://" in name:
             continue  # a web address
         name = name.rstrip(".")
+        if name.rsplit("/", 1)[-1] in _WRITTEN_BY_RUNS:
+            continue
         if not (ROOT / name).exists() and not (path.parent / name).exists():
             missing.append(name)
     return missing
