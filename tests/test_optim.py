@@ -106,7 +106,8 @@ def test_weights_follow_sgd_momentum_on_a_quadratic():
 
 def test_learning_rates_by_phase():
     # The training program's per-phase rates (optax.join_schedules of constants).
-    from mcjax.training import loop
+    from mcjax.training import from_config
+    from mcjax.training.schedule import Schedule
 
     config = ml_collections.ConfigDict(
         {
@@ -115,7 +116,7 @@ def test_learning_rates_by_phase():
             "mask_learning_rate": 0.2,
         }
     )
-    weights, masks = loop.learning_rates(config, loop.Schedule(10, (10, 10, 5, 5)))
+    weights, masks = from_config.learning_rates(config, Schedule(10, (10, 10, 5, 5)))
     steps = (0, 9, 10, 19, 20, 24, 25, 1000)
     np.testing.assert_allclose(
         [float(weights(s)) for s in steps], [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.0, 0.0]

@@ -443,6 +443,7 @@ def test_bookkeeping_may_change_on_resume(tmp_path):
             "model.branch_impl": "grouped",
             "model.dtype": "bfloat16",
             "data.data_dir": "/elsewhere",
+            "model.zero_init_residual": not value,
         }
         if field in options:
             node[leaf] = options[field]
