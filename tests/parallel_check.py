@@ -18,18 +18,19 @@ import numpy as np
 
 from mcjax import models, optim, parallel
 from mcjax.architectures import get_architecture
+from mcjax.training import steps as training_steps
 
 
 def run(mesh, steps, frozen):
     """``steps`` steps on ``mesh``, or without shard_map at all when ``mesh`` is None."""
     net = models.Network(get_architecture("11,2,4"), num_classes=5, fan_in=2)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
-    state = steps.create_state(net, tx, jax.random.key(0))
+    state = training_steps.create_state(net, tx, jax.random.key(0))
     static = dict(net=net, tx=tx, key=jax.random.key(1), frozen=frozen)
     if mesh is None:
-        step = jax.jit(functools.partial(steps.train_step, **static))
+        step = jax.jit(functools.partial(training_steps.train_step, **static))
     else:
-        step = parallel.data_parallel_train_step(steps.train_step, mesh, **static)
+        step = parallel.data_parallel_train_step(training_steps.train_step, mesh, **static)
         state = jax.device_put(state, parallel.state_sharding(mesh))
     metrics = None
     for i in range(steps):
