@@ -209,15 +209,6 @@ def check_images(model: LoadedModel, images: Any) -> jax.Array:
     return images
 
 
-def _center_crop(x, size: int, *, height_axis: int):
-    top = (x.shape[height_axis] - size) // 2
-    left = (x.shape[height_axis + 1] - size) // 2
-    index = [slice(None)] * x.ndim
-    index[height_axis] = slice(top, top + size)
-    index[height_axis + 1] = slice(left, left + size)
-    return x[tuple(index)]
-
-
 def _logits(model: LoadedModel, images: jax.Array) -> jax.Array:
     mean = jnp.asarray(model.mean_image)
     if model.crop is not None:
