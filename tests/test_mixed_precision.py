@@ -27,7 +27,7 @@ def _step(dtype, connectivity):
     return state, *step(state, images, labels)
 
 
-@pytest.mark.parametrize("connectivity", ["full", "learned"])
+@pytest.mark.parametrize("connectivity", [pytest.param("full", marks=pytest.mark.slow), "learned"])
 def test_bfloat16_step_keeps_float32_state_and_follows_float32(connectivity):
     before, new32, metrics32 = _step(jnp.float32, connectivity)
     _, new16, metrics16 = _step(jnp.bfloat16, connectivity)

@@ -75,6 +75,7 @@ def two_processes(tmp_path_factory):
     return workdir, out, err
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(one_process_two_devices, two_processes):
     workdir, out, err = two_processes
     reference, reference_arrays = _outputs(one_process_two_devices)
@@ -104,6 +105,7 @@ def _metric_records(workdir) -> list[tuple[int, list[str]]]:
         return [(r["step"], sorted(r)) for r in map(json.loads, f)]
 
 
+@pytest.mark.slow
 def test_two_processes_resume_together_from_their_checkpoint(two_processes, tmp_path):
     """A finished workdir run again: both processes restore the last step and agree."""
     workdir, _, _ = two_processes

@@ -43,6 +43,9 @@ from mcjax.training.checkpoint import Checkpointer, CheckpointMismatch
 from mcjax.training.metric_writers import MetricWriter, read_records
 from mcjax.training.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
 
+# One pytest-xdist worker for these: they share the `uninterrupted` run (conftest.py).
+pytestmark = pytest.mark.xdist_group("uninterrupted")
+
 
 def _hashes(directory: pathlib.Path) -> dict[str, str]:
     """sha256 of every file under ``directory`` (the byte-identity of a workdir)."""
@@ -309,7 +312,7 @@ runpy.run_module("mcjax.main", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("kind", ["read_only", "full"])
+@pytest.mark.parametrize("kind", ["read_only", pytest.param("full", marks=pytest.mark.slow)])
 def test_case5_read_only_or_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path, kind):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -16,6 +16,9 @@ from mcjax.training import from_config, loop, steps
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 
+# One pytest-xdist worker for all of these: they share the module's `digits_run`.
+pytestmark = pytest.mark.xdist_group("digits_run")
+
 OUTPUTS = [
     "config.json",
     "metrics.jsonl",
@@ -105,6 +108,7 @@ def test_digits_end_to_end_with_pruned_model(digits_run):
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cifar10_end_to_end_and_eval_count(tmp_path):
     fake_data.prepare_cifar(tmp_path / "tfds", num_train=40, num_test=13, name="cifar10")
     config = tiny(cifar10.get_config(), data_dir=str(tmp_path / "tfds"))
@@ -113,6 +117,7 @@ def test_cifar10_end_to_end_and_eval_count(tmp_path):
     assert summary["dataset"] == "cifar10"
 
 
+@pytest.mark.slow
 def test_cifar100_end_to_end(tmp_path):
     # 7 test examples: one full eval batch of 6 and one padded (eval batches may not
     # exceed the test set).
@@ -122,6 +127,7 @@ def test_cifar100_end_to_end(tmp_path):
     _check_outputs_after(config, tmp_path / "run", 7)
 
 
+@pytest.mark.slow
 def test_mini_imagenet_end_to_end(tmp_path):
     fake_data.make_image_folder(tmp_path / "images", num_classes=3, per_class=7, size=(30, 24))
     config = tiny(
@@ -138,6 +144,7 @@ def test_mini_imagenet_end_to_end(tmp_path):
     assert summary["dataset"] == "mini_imagenet"
 
 
+@pytest.mark.slow
 def test_imagenet_end_to_end_reports_top5(tmp_path):
     rng = np.random.default_rng(0)
 
@@ -178,6 +185,7 @@ def _check_outputs_after(config, workdir, test_examples):
     return summary
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_state(digits_run, tmp_path):
     config, whole, summary = digits_run
     # The workdir a run killed after step 6 leaves behind: its checkpoints up to 6.
