@@ -150,11 +150,13 @@ def _three_ways(mode, train):
 
 
 def _mode_and_train():
-    """Every mode in eval and train; the train variants of random and real (fixed K-hot
-    and real masks, the code paths of learned's train variant) are slow."""
+    """Every mode in eval and train. Slow: the train variants of random and real (fixed
+    K-hot and real masks through the code paths of learned's train variant) and real's
+    eval (random's eval runs the same path with K-hot masks)."""
     for mode in models.CONNECTIVITIES:
         for train in (True, False):
-            marks = pytest.mark.slow if train and mode in ("random", "real") else ()
+            slow = mode == "real" or (train and mode == "random")
+            marks = pytest.mark.slow if slow else ()
             yield pytest.param(
                 mode, train, marks=marks, id=f"{mode}-{'train' if train else 'eval'}"
             )

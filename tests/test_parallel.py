@@ -28,6 +28,9 @@ def test_n_devices_match_one_device(devices):
     # A fresh process: the simulated device count is fixed when JAX starts.
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "parallel_check.py"), str(devices)],
+        # As conftest.py does in this process: faster compiles; both sides of each
+        # comparison run in that one subprocess, with the same setting.
+        env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -220,6 +220,9 @@ def test_case3_the_lock_names_its_holder_and_dies_with_it(tmp_path):
         pass
 
 
+# Two command-line runs; test_case3_the_lock_names_its_holder_and_dies_with_it checks the
+# lock itself in this process.
+@pytest.mark.slow
 def test_case3_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
     workdir = tmp_path / "run"
     first = subprocess.Popen(
