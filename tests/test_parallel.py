@@ -25,12 +25,13 @@ def reordering_bound(steps: int, batch: int, height: int, width: int) -> float:
 
 @pytest.mark.parametrize("devices", [2, pytest.param(8, marks=pytest.mark.slow)])
 def test_n_devices_match_one_device(devices):
-    # A fresh process: the simulated device count is fixed when JAX starts.
+    from test_faults import _ENV
+
+    # A fresh process: the simulated device count is fixed when JAX starts. The tests'
+    # subprocess environment (faster compiles) holds for both sides of each comparison.
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "parallel_check.py"), str(devices)],
-        # As conftest.py does in this process: faster compiles; both sides of each
-        # comparison run in that one subprocess, with the same setting.
-        env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
+        env=_ENV,
         capture_output=True,
         text=True,
         timeout=300,
