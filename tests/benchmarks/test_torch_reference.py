@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from mcjax import architectures, models  # noqa: E402
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "torch_reference.py"
 _SPEC = importlib.util.spec_from_file_location("torch_reference", _PATH)
 tr = importlib.util.module_from_spec(_SPEC)
 sys.modules["torch_reference"] = tr  # dataclasses look their module up there

@@ -6,7 +6,6 @@ configs.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,20 +13,20 @@ import time
 
 import numpy as np
 import pytest
-from test_faults import _ENV, _cli, tiny_flags
-from test_parallel import reordering_bound
+from support import REPO_ROOT, processes, reordering_bound, tiny
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL_SH = os.path.join(REPO_ROOT, "launch", "local.sh")
+LOCAL_SH = str(REPO_ROOT / "launch" / "local.sh")
 
 
 # One step per phase: all four phases, the freeze of the learned connectivity and the
 # pruning, in a few seconds of training (compiles dominate).
-FLAGS = tiny_flags("--config.phase_epochs=(0.006,0.006,0.006,0.006)")
+FLAGS = tiny.tiny_flags(
+    "--config.phase_epochs=(0.006,0.006,0.006,0.006)", "--config.model.fan_in=2"
+)
 
 
 def _local(num_processes: int, workdir, flags=FLAGS, **popen) -> subprocess.Popen:
-    env = {**_ENV, "PYTHON": sys.executable}
+    env = processes.env(PYTHON=sys.executable)
     return subprocess.Popen(
         [LOCAL_SH, str(num_processes), "--workdir", str(workdir), *flags],
         cwd=REPO_ROOT,
@@ -54,16 +53,8 @@ def _outputs(workdir) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def one_process_two_devices(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("one_process")
-    env = {**_ENV, "JAX_NUM_CPU_DEVICES": "2"}
-    subprocess.run(
-        _cli("--workdir", str(workdir), *FLAGS),
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    env = processes.env(JAX_NUM_CPU_DEVICES="2")
+    processes.run_main(["--workdir", str(workdir), *FLAGS], env=env, check=True)
     return workdir
 
 
@@ -83,7 +74,7 @@ def test_two_processes_match_one_process_with_two_devices(one_process_two_device
     assert summary["test_examples"] == reference["test_examples"] == 360
     assert summary["connectivity"] == "learned" and summary["steps"] == 4
     assert arrays.keys() == reference_arrays.keys()
-    # Relative to the norm of the whole exported state (see test_parallel.reordering_bound):
+    # Relative to the norm of the whole exported state (see support.reordering_bound):
     # the collectives of two processes may sum in another order than one process's.
     difference = np.sqrt(
         sum(np.sum((arrays[k].astype(np.float64) - v) ** 2) for k, v in reference_arrays.items())
@@ -125,7 +116,7 @@ def test_processes_with_different_configs_refuse_to_start(tmp_path):
         f'exec {sys.executable} "$@"\n'
     )
     wrapper.chmod(0o755)
-    env = {**_ENV, "PYTHON": str(wrapper)}
+    env = processes.env(PYTHON=str(wrapper))
     process = subprocess.run(
         [LOCAL_SH, "2", "--workdir", str(tmp_path / "run"), *FLAGS],
         cwd=REPO_ROOT,
@@ -144,7 +135,10 @@ def test_processes_with_different_configs_refuse_to_start(tmp_path):
 def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
     """SIGTERM to the launcher: both save at the same step, exit 75, and resume to the
     state of the uninterrupted run."""
-    flags = tiny_flags("--config.phase_epochs=(0.03,0.03,0.03,0.03)")  # 5 steps per phase
+    # 5 steps per phase
+    flags = tiny.tiny_flags(
+        "--config.phase_epochs=(0.03,0.03,0.03,0.03)", "--config.model.fan_in=2"
+    )
     status, _, err = _finish(_local(2, tmp_path / "whole", flags))
     assert status == 0, err[-3000:]
     workdir = tmp_path / "interrupted"

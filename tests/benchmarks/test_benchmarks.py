@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+from support import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 
 # Makes any import of the named packages fail, as on a machine that lacks them.

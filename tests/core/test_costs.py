@@ -1,13 +1,13 @@
 """Parameter and FLOP counts against independent counts of the real computation."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
+from support.entry_points import run_module
 
+from configs import cifar100, imagenet
 from mcjax import cost_table, costs, models
 from mcjax.architectures import get_architecture
 
@@ -83,46 +83,37 @@ def test_counts_match_the_traced_network(arch_name, connectivity, size, per_bran
     [("configs/cifar100.py", "29,64,8"), ("configs/imagenet.py", "resnext50_32x4d")],
 )
 def test_summary_command_json(config_file, arch):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcjax.cost_table",
-            f"--config={config_file}",
-            f"--config.model.arch={arch}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
+    ran = run_module(
+        "mcjax.cost_table", [f"--config={config_file}", f"--config.model.arch={arch}", "--json"]
     )
-    out = json.loads(result.stdout)
+    assert ran.status == 0, ran.err
+    out = json.loads(ran.out)
     assert isinstance(out["params_train"], int) and out["flops_per_image"] > 0
     assert len(out["modules"]) == get_architecture(arch).num_modules + 2
 
 
 def test_summary_table_and_bad_arch():
-    from configs import cifar100
-
     config = cifar100.get_config()
     config.model.arch = "20,4,8"
     table = cost_table.format_table(cost_table.summarize(config))
     assert "module 6" in table and "params_train = 0.28M" in table
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcjax.cost_table",
-            "--config=configs/cifar100.py",
-            "--config.model.arch=21,4,8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    ran = run_module(
+        "mcjax.cost_table", ["--config=configs/cifar100.py", "--config.model.arch=21,4,8"]
     )
-    assert result.returncode == 2 and "depth" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert ran.status == 2 and "depth" in ran.err
+
+
+def test_cost_table_runs_outside_the_repository_and_shows_the_stem_stride(tmp_path):
+    ran = run_module("mcjax.cost_table", ["--json"], cwd=tmp_path)
+    assert ran.status == 0, ran.err
+    assert json.loads(ran.out)["modules"][0]["stride"] == 1  # the CIFAR stem
+
+    config = imagenet.get_config()
+    config.model.stem = "imagenet"
+    stem = cost_table.summarize(config)["modules"][0]
+    size = int(config.data.image_size)
+    assert stem["name"] == "stem" and stem["stride"] == 4  # stride-2 conv, stride-2 pool
+    assert stem["resolution"] == size // stem["stride"]
 
 
 @pytest.mark.parametrize(

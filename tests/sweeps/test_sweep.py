@@ -1,12 +1,12 @@
 """python -m mcjax.sweep without training: grids, names, applicability, errors before
 anything runs, aggregation, the SLURM script, and the process handling (with
-tests/fake_main.py in place of mcjax.main). The real runs are in test_sweep_runs.py."""
+tests/support/fake_main.py in place of mcjax.main). The real runs are in
+test_sweep_runs.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -15,15 +15,15 @@ import time
 
 import numpy as np
 import pytest
+from support import REPO_ROOT, SUPPORT_DIR, processes
 
 from mcjax import sweep as sweep_cli
 from mcjax.sweeps import aggregate, grid, local, plan, presets, slurm
 from mcjax.sweeps.resolve import SweepError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-DIGITS = str(REPO / "configs" / "digits.py")
-CIFAR100 = str(REPO / "configs" / "cifar100.py")
-FAKE_MAIN = str(REPO / "tests" / "fake_main.py")
+DIGITS = str(REPO_ROOT / "configs" / "digits.py")
+CIFAR100 = str(REPO_ROOT / "configs" / "cifar100.py")
+FAKE_MAIN = str(SUPPORT_DIR / "fake_main.py")
 
 
 def _sweep(workdir, axes, seeds=(0, 1), config=DIGITS, **overrides) -> plan.Sweep:
@@ -110,18 +110,11 @@ def test_a_run_directory_of_another_config_is_refused(tmp_path):
         plan.plan(sweep)
 
 
-def test_bad_grid_field_is_one_error_line_and_exit_2(tmp_path):
+def test_bad_grid_field_is_one_error_line_and_exit_2(tmp_path, capsys):
     workdir = tmp_path / "sweep"
     grids = ["--grid", "model.connectivity=full,learned", "--grid", "model.fanin=1,4"]
-    result = subprocess.run(
-        [sys.executable, "-m", "mcjax.sweep", "--workdir", str(workdir), "--seeds", "2", *grids],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert sweep_cli.main(["--workdir", str(workdir), "--seeds", "2", *grids]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == [
         "error: --grid model.fanin=...: the config has no field model.fanin "
         "(did you mean model.fan_in?)"
@@ -206,7 +199,7 @@ sys.exit(local.run_all(sweep, runs, command=lambda a: [sys.executable, {FAKE_MAI
 
 
 def _start_driver(workdir) -> subprocess.Popen:
-    env = {**os.environ, "FAKE_MAIN_MODE": "wait", "PYTHONPATH": str(REPO)}
+    env = processes.env(FAKE_MAIN_MODE="wait")
     return subprocess.Popen(
         [sys.executable, "-c", _DRIVER, str(workdir)],
         env=env,

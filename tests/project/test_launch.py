@@ -5,8 +5,9 @@ import shutil
 import subprocess
 
 import pytest
+from support import REPO_ROOT
 
-LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+LAUNCH = str(REPO_ROOT / "launch")
 SCRIPTS = ["local.sh", "tpu_vm.sh", "slurm.sbatch"]
 
 

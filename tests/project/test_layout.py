@@ -14,7 +14,7 @@ import subprocess
 
 import setuptools
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "mcjax"
 DESIGN_DOC = ROOT / "docs/design.md"
 

@@ -1,7 +1,11 @@
-"""Run as a script with simulated CPU devices: one step on N devices vs. one device.
+"""Run as a script with simulated CPU devices: two steps on N devices vs. one device.
 
-Invoked by tests/test_parallel.py in a subprocess, because the device count is
-fixed when JAX starts. Prints one JSON object with the largest relative differences.
+    python parallel_check.py N [learn|fixed ...]
+
+Started by tests/training/test_parallel.py as a process of its own, because the device
+count is fixed when JAX starts; checks the masks learning (``learn``, phase 1) or fixed
+(``fixed``, phases 2-4), both by default. Prints one JSON object with the largest
+relative differences.
 """
 
 import os
@@ -56,8 +60,8 @@ def rel(a, b):
 def main():
     devices = jax.devices()
     result = {"devices": len(devices)}
-    for learn in (True, False):
-        tag = "learn" if learn else "fixed"
+    for tag in sys.argv[2:] or ("learn", "fixed"):
+        learn = tag == "learn"
         plain, m_plain, initial_masks = run(None, 2, not learn)
         for label, mesh in ((f"{len(devices)}dev", parallel.make_mesh(devices)),):
             state, metrics, _ = run(mesh, 2, not learn)

@@ -3,10 +3,10 @@
 import io
 import time
 
-import fake_data
 import numpy as np
 import pytest
 from PIL import Image
+from support import fake_data
 
 from mcjax.data import batch_order, streaming
 from mcjax.data.sources import DataError
