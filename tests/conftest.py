@@ -105,8 +105,10 @@ socket.getaddrinfo = _getaddrinfo
 
 _JAX_SETTINGS = {
     "jax_disable_most_optimizations": True,
-    # Every program, however quickly compiled: loading a small one is still faster.
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    # Not the many tiny programs of eager ops: writing each cost more than it saved
+    # (tests/core/test_export.py: 29 s of CPU with every program cached, 25 s with those
+    # of 1 s and more, 23 s without the cache; a training run's steps take seconds).
+    "jax_persistent_cache_min_compile_time_secs": 0.5,
     "jax_persistent_cache_min_entry_size_bytes": -1,
     # Bounded (the cache outlives the session), and written under a file lock: several
     # workers and processes share it.
@@ -169,3 +171,31 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     summary = loop.train_and_evaluate(config, str(workdir))
     assert workdirs.checkpoint_steps(workdir) == tiny.CHECKPOINT_STEPS
     return TinyRun(config, workdir, summary)
+
+
+# --- Shared jitted functions -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jit_init():
+    """``mcjax.models.init(key, net)`` jitted (``net`` static), one for the session.
+
+    Tests that build the same network share its compiled program, and none pays for the
+    eager dispatch of every initializer op.
+    """
+    import jax
+
+    from mcjax import models
+
+    return jax.jit(models.init, static_argnums=1)
+
+
+@pytest.fixture(scope="session")
+def jit_apply():
+    """``mcjax.models.apply`` jitted (``net`` and ``train`` static), one for the session:
+    the eager dispatch of a network's ops took seconds where its compile takes one."""
+    import jax
+
+    from mcjax import models
+
+    return jax.jit(models.apply, static_argnames=("net", "train"))

@@ -15,11 +15,11 @@ SIZE, CHANNELS, CLASSES = 8, 3, 4
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, jit_init):
     net = models.Network(
         get_architecture("11,2,4"), num_classes=CLASSES, fan_in=2, branch_impl="loop"
     )
-    variables = models.init(jax.random.key(0), net)
+    variables = jit_init(jax.random.key(0), net)
     params = dict(variables["params"])
     params["head"] = {
         "kernel": jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape),
@@ -72,7 +72,7 @@ def test_loaded_model_is_a_pytree(model):
     np.testing.assert_allclose(logits, export.predict(loaded, _images()), rtol=1e-5, atol=1e-6)
 
 
-def test_predict_jitted_equals_eager_and_the_network(model):
+def test_predict_jitted_equals_eager_and_the_network(model, jit_apply):
     loaded, pruned = model
     images = _images()
     logits = export.predict(loaded, images)
@@ -83,7 +83,7 @@ def test_predict_jitted_equals_eager_and_the_network(model):
     assert float(np.abs(np.asarray(logits) - np.asarray(eager)).max()) < 1e-5 * scale
     # The documented preprocessing: (images / 255 - mean) / std, then the network.
     x = (images.astype(np.float32) / 255.0 - np.asarray(loaded.mean_image)) / 0.25
-    expected, _ = models.apply(
+    expected, _ = jit_apply(
         pruned.net,
         pruned.params,
         pruned.batch_stats,

@@ -41,12 +41,12 @@ def _randomize_stats(stats, key):
 
 
 @pytest.mark.parametrize("fan_in", [1, 2])
-def test_pruned_logits_equal_unpruned(fan_in):
+def test_pruned_logits_equal_unpruned(fan_in, jit_init, jit_apply):
     # Non-zero residual branches at init, so that every block matters to the logits.
     net = models.Network(
         get_architecture("20,2,4"), num_classes=5, fan_in=fan_in, zero_init_residual=False
     )
-    variables = models.init(jax.random.key(0), net)
+    variables = jit_init(jax.random.key(0), net)
     params = variables["params"]
     params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
     # Real-valued masks that make many blocks dead for K = 1.
@@ -55,8 +55,8 @@ def test_pruned_logits_equal_unpruned(fan_in):
     binary = masks.top_k(params["masks"], fan_in)
     images = jax.random.normal(jax.random.key(4), (3, 16, 16, 3))
 
-    # Jitted: eager dispatch of this 9-module network's ops took ~30 s on 2 cores.
-    apply = jax.jit(models.apply, static_argnames=("net", "train"))
+    # Jitted: eager dispatch of this 6-module network's ops took ~30 s on 2 cores.
+    apply = jit_apply
     logits, _ = apply(net, params, stats, images, connectivity=binary, train=False)
     pruned = prune.drop_dead_blocks(net, params, stats, binary)
     pruned_logits, _ = apply(
@@ -83,9 +83,9 @@ def test_pruned_logits_equal_unpruned(fan_in):
     assert "masks" not in pruned.params
 
 
-def test_full_connectivity_prunes_nothing():
+def test_full_connectivity_prunes_nothing(jit_init):
     net = models.Network(get_architecture("11,2,4"), num_classes=3, connectivity="full")
-    variables = models.init(jax.random.key(0), net)
+    variables = jit_init(jax.random.key(0), net)
     pruned = prune.drop_dead_blocks(net, variables["params"], variables["batch_stats"], None)
     assert pruned.net == net and all(k.all() for k in pruned.live)
     learned = models.Network(get_architecture("11,2,4"), num_classes=3)
@@ -94,7 +94,7 @@ def test_full_connectivity_prunes_nothing():
 
 
 @pytest.mark.parametrize("per_branch_bn", [False, True])
-def test_full_model_saves_and_loads(tmp_path, per_branch_bn):
+def test_full_model_saves_and_loads(tmp_path, per_branch_bn, jit_init, jit_apply):
     """A ``full`` model (ResNeXt's one BN, or the per-branch ablation) survives export."""
     net = models.Network(
         get_architecture("11,2,4"),
@@ -102,10 +102,10 @@ def test_full_model_saves_and_loads(tmp_path, per_branch_bn):
         connectivity="full",
         full_per_branch_bn=per_branch_bn,
     )
-    variables = models.init(jax.random.key(0), net)
+    variables = jit_init(jax.random.key(0), net)
     images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
     # One training-mode pass moves the BN statistics off their init.
-    _, stats = models.apply(
+    _, stats = jit_apply(
         net, variables["params"], variables["batch_stats"], images, connectivity=None, train=True
     )
     params = jax.tree.map(lambda a: a + 0.1, variables["params"])  # a head that is not zero
@@ -114,7 +114,7 @@ def test_full_model_saves_and_loads(tmp_path, per_branch_bn):
     model = export.load(str(tmp_path))
     assert model.net == net
     uint8 = np.asarray(jax.random.randint(jax.random.key(2), (4, 8, 8, 3), 0, 256), np.uint8)
-    expected, _ = models.apply(
+    expected, _ = jit_apply(
         net, params, stats, uint8.astype(np.float32) / 255.0, connectivity=None, train=False
     )
     np.testing.assert_allclose(export.predict(model, uint8), expected, rtol=1e-6, atol=1e-6)

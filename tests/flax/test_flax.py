@@ -152,14 +152,20 @@ def _three_ways(mode, train):
 def _mode_and_train():
     """Every mode in eval and train. Slow: the train variants of random and real (fixed
     K-hot and real masks through the code paths of learned's train variant) and real's
-    eval (random's eval runs the same path with K-hot masks)."""
+    eval (random's eval runs the same path with K-hot masks). The NNX and Linen tests of
+    one mode share its compiled program (:func:`_three_ways`): one xdist worker runs both."""
     for mode in models.CONNECTIVITIES:
         for train in (True, False):
             slow = mode == "real" or (train and mode == "random")
-            marks = pytest.mark.slow if slow else ()
+            marks = [_same_worker(mode)] + ([pytest.mark.slow] if slow else [])
             yield pytest.param(
                 mode, train, marks=marks, id=f"{mode}-{'train' if train else 'eval'}"
             )
+
+
+def _same_worker(mode):
+    """The tests of one mode's variables and programs run on one xdist worker."""
+    return pytest.mark.xdist_group(f"flax-{mode}")
 
 
 @pytest.mark.parametrize("mode, train", list(_mode_and_train()))
@@ -182,6 +188,7 @@ def test_flax_equals_functional(flavour, mode, train):
             np.testing.assert_array_equal(used, top)
 
 
+@_same_worker("learned")
 def test_conversions_round_trip():
     for mode in models.CONNECTIVITIES:
         variables = _variables(mode)
@@ -191,9 +198,9 @@ def test_conversions_round_trip():
         chex.assert_trees_all_equal(linen_back, variables)
 
 
-def test_nnx_and_linen_own_initialisation_is_the_functional_layout():
+def test_nnx_and_linen_own_initialisation_is_the_functional_layout(jit_init):
     model = mnnx.Network(ARCH, num_classes=NUM_CLASSES, fan_in=K, rngs=nnx.Rngs(0))
-    reference = models.init(jax.random.key(0), _net("learned"))
+    reference = jit_init(jax.random.key(0), _net("learned"))
     chex.assert_trees_all_equal_shapes(model.to_variables(), reference)
     module = mlinen.Network(ARCH, num_classes=NUM_CLASSES, fan_in=K)
     variables = module.init(jax.random.key(0), IMAGES, train=False)
@@ -229,7 +236,8 @@ def test_every_architecture_builds(name):
     assert shapes["params"]["masks"].shape == abstract.masks.shape
 
 
-def test_nnx_modes_freeze_and_prune():
+@_same_worker("learned")
+def test_nnx_modes_freeze_and_prune(jit_apply):
     model = mnnx.Network.from_variables(_net("learned"), _variables("learned"))
     forward = nnx.jit(lambda model, key: model(IMAGES, rngs=key))
     model.train()
@@ -240,7 +248,7 @@ def test_nnx_modes_freeze_and_prune():
     np.testing.assert_array_equal(a, b)  # top-K in training once frozen
     model.eval()
     pruned = model.prune()
-    logits, _ = jax.jit(models.apply, static_argnames=("net", "train"))(
+    logits, _ = jit_apply(
         pruned.net,
         pruned.params,
         pruned.batch_stats,
@@ -271,6 +279,7 @@ def _tx():
     return mcjax.maskconnect(weight_learning_rate=0.05, mask_learning_rate=0.5)
 
 
+@_same_worker("learned")
 def test_nnx_optimizer_three_steps():
     model = mnnx.Network.from_variables(_net("learned"), _variables("learned"))
     optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
@@ -292,6 +301,7 @@ def test_nnx_optimizer_three_steps():
     assert float(moved.min()) >= 0.0 and float(moved.max()) <= 1.0
 
 
+@_same_worker("learned")
 def test_train_state_three_steps():
     module = mlinen.Network.from_functional(_net("learned"))
     variables = mlinen.linen_variables(_variables("learned"))
