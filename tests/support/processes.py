@@ -21,15 +21,18 @@ _ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
 
 def env(**extra: str) -> dict[str, str]:
     """The environment of a test's process: this tree's mcjax, the test session's JAX
-    settings (tests/conftest.py puts them in ``os.environ``: the compilation cache and
-    its thresholds), and ``extra``."""
+    settings (tests/conftest.py puts them in ``os.environ``: faster compiles, the
+    compilation cache and its thresholds), and ``extra`` (``XLA_FLAGS`` are added to the
+    session's, not put in their place)."""
     paths = [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} {extra.pop('XLA_FLAGS', '')}".strip()
     return {
         **os.environ,
         # As tests/conftest.py does in this process: same numerics, faster compiles.
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "XLA_FLAGS": xla_flags,
         **extra,
     }
 

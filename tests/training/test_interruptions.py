@@ -20,6 +20,7 @@ import pytest
 from support import processes, tiny, workdirs
 from support.entry_points import run_main
 
+from mcjax.data import in_memory
 from mcjax.training import exit_codes, loop, preemption, run_outputs
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
@@ -92,25 +93,49 @@ def test_sigkill_after_a_delay_then_resume_from_the_command_line(tiny_run, tmp_p
         assert json.load(f)["state_digest"] == tiny_run.digest
 
 
-def test_nan_at_step_k_exits_3_naming_step_and_phase(tiny_run, tmp_path):
-    workdir = tmp_path / "run"
-    k = 10  # phase 2 (steps 9-13); the last checkpoint before it is step 9
-    ran = run_main(
-        "--workdir", str(workdir), *tiny.TINY_FLAGS, f"--config.debug_inject_nan_at_step={k}"
-    )
+def _check_stopped_at_non_finite_step(ran, workdir, config, k: int) -> None:
+    """Exit 3, one line naming step ``k`` (phase 2), and the checkpoint of step 9 intact."""
     assert ran.status == exit_codes.EXIT_NON_FINITE == 3, ran.err
     assert len(ran.lines) == 1, ran.err
     assert f"step {k} (phase 2)" in ran.lines[0] and "non-finite" in ran.lines[0]
     assert workdirs.checkpoint_steps(workdir) == [3, 6, 9]
     checkpoints = Checkpointer(str(workdir))
     assert checkpoints.verify(9)
-    state, meta, step = checkpoints.restore_latest(workdirs.template(tiny_run.config))
+    state, meta, step = checkpoints.restore_latest(workdirs.template(config))
     checkpoints.close()
     assert step == 9 and int(state.step) == 9 and meta["phase"] == 1
     for leaf in jax.tree.leaves(state.params):
         assert np.isfinite(np.asarray(leaf)).all()
     real = np.asarray(state.params["masks"])
     assert real.min() >= 0.0 and real.max() <= 1.0
+
+
+def test_non_finite_loss_at_step_k_exits_3_naming_step_and_phase(tiny_run, tmp_path, monkeypatch):
+    """NaN images at step k (phase 2, steps 9-13; the last checkpoint before it is step
+    9): the tiny run's compiled steps meet a non-finite loss."""
+    k = 10
+    real_batch = in_memory.InMemoryInput.train_batch
+
+    def poisoned_batch(self, step, *args, **kwargs):
+        images, labels = real_batch(self, step, *args, **kwargs)
+        return (images * np.nan if step == k else images), labels
+
+    monkeypatch.setattr(in_memory.InMemoryInput, "train_batch", poisoned_batch)
+    workdir = tmp_path / "run"
+    ran = run_main("--workdir", str(workdir), *tiny.TINY_FLAGS)
+    _check_stopped_at_non_finite_step(ran, workdir, tiny_run.config, k)
+
+
+# The debug flag compiles steps of its own (the NaN is injected inside them); the test
+# above checks the same exit through the tiny run's steps.
+@pytest.mark.slow
+def test_nan_injected_at_step_k_exits_3_naming_step_and_phase(tiny_run, tmp_path):
+    k = 10
+    workdir = tmp_path / "run"
+    ran = run_main(
+        "--workdir", str(workdir), *tiny.TINY_FLAGS, f"--config.debug_inject_nan_at_step={k}"
+    )
+    _check_stopped_at_non_finite_step(ran, workdir, tiny_run.config, k)
 
 
 def test_sigterm_during_the_final_outputs_exits_preempted(tiny_run, tmp_path, monkeypatch):
