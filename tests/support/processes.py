@@ -1,5 +1,8 @@
 """The tests that need a process of their own: its environment, its start, its messages.
 
+The time limits are generous: they only turn a hang into a failure, and a loaded machine
+runs a tiny run's compiles several times slower than a quiet one.
+
 Most command-line behaviour is tested in the test process (:mod:`support.entry_points`);
 a process is started only where it is the subject: a signal, SIGKILL, a lock held by
 another process, several processes, a device count fixed when JAX starts.
@@ -54,7 +57,7 @@ def start_main(workdir, *flags: str, **popen) -> subprocess.Popen:
     )
 
 
-def run_main(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def run_main(args: list[str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
     """``python -m mcjax.main ARGS`` to its end."""
     return subprocess.run(
         main_command(*args),
@@ -67,7 +70,7 @@ def run_main(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Comp
     )
 
 
-def wait_for(process: subprocess.Popen, condition, timeout: float = 300.0) -> bool:
+def wait_for(process: subprocess.Popen, condition, timeout: float = 900.0) -> bool:
     """Polls ``condition()`` every millisecond; False if the process ended or time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

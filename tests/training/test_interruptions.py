@@ -40,7 +40,7 @@ def test_sigterm_saves_exits_75_and_resumes(tiny_run, tmp_path):
         saved = processes.wait_for(process, lambda: 3 in workdirs.checkpoint_steps(workdir))
         assert saved, "the run never saved step 3"
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=300)
+        _, stderr = process.communicate(timeout=900)
     finally:
         process.kill()
     assert process.returncode == exit_codes.EXIT_PREEMPTED == 75, stderr

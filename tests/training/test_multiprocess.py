@@ -38,7 +38,7 @@ def _local(num_processes: int, workdir, flags=FLAGS, **popen) -> subprocess.Pope
     )
 
 
-def _finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str, str]:
+def _finish(process: subprocess.Popen, timeout: float = 1200) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
 
@@ -123,7 +123,7 @@ def test_processes_with_different_configs_refuse_to_start(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert process.returncode == 2, process.stderr[-3000:]
     for index in (0, 1):
@@ -143,7 +143,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
     assert status == 0, err[-3000:]
     workdir = tmp_path / "interrupted"
     process = _local(2, workdir, flags)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while not (workdir / "checkpoint_sums" / "3.sha256.json").exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)

@@ -68,7 +68,7 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
     first = processes.start_main(workdir)
     try:
         lock = workdir / LOCK_NAME
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while not (lock.exists() and lock.read_bytes()) and time.monotonic() < deadline:
             assert first.poll() is None, first.communicate()[1]
             time.sleep(0.05)
@@ -80,7 +80,7 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
         assert f"pid {first.pid} on host {socket.gethostname()}" in lines[0]
         assert first.poll() is None  # the first run was not disturbed
         first.send_signal(signal.SIGTERM)
-        _, stderr = first.communicate(timeout=300)
+        _, stderr = first.communicate(timeout=900)
     finally:
         first.kill()
     assert first.returncode in (0, exit_codes.EXIT_PREEMPTED), stderr
