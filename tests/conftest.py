@@ -147,7 +147,9 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    # The tests of the session's tiny run go to one xdist worker, which trains it once.
+    # The tests of the session's tiny run go to one xdist worker (once pytest-xdist's
+    # loadgroup works with pytest 9 again: pytest-xdist#1386; until then the workers share
+    # the run through a file lock, see tiny_run).
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("tiny_run"))
@@ -173,13 +175,30 @@ class TinyRun:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
+    """The session's tiny run, trained by the first xdist worker that needs it.
+
+    The others wait for it on a file lock in the session's shared temporary directory
+    and read it (its tests only copy and read the workdir).
+    """
+    import fcntl
+    import json
+
     from support import tiny, workdirs
 
     from mcjax.training import loop
 
-    workdir = tmp_path_factory.mktemp("tiny_run")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    workdir = shared / "tiny_run"
     config = tiny.digits_config()
-    summary = loop.train_and_evaluate(config, str(workdir))
+    with open(shared / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if (workdir / "summary.json").exists():
+            with open(workdir / "summary.json") as f:
+                summary = json.load(f)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that died while training
+            summary = loop.train_and_evaluate(config, str(workdir))
     assert workdirs.checkpoint_steps(workdir) == tiny.CHECKPOINT_STEPS
     return TinyRun(config, workdir, summary)
 
