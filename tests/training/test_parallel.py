@@ -17,7 +17,7 @@ def _check(devices: int, *modes: str) -> dict:
         env=processes.env(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
         check=True,
     )
     diffs = json.loads(result.stdout.strip().splitlines()[-1])
