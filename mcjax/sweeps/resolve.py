@@ -158,7 +158,7 @@ def control_characters(text: str) -> list[str]:
     )
 
 
-def shown(text: str, limit: int = 120) -> str:
+def shown(text: str, limit: int = 400) -> str:
     """``text`` for a one-line message: control characters escaped (``\\n``), and cut
     to ``limit`` characters (``...`` and its length in bytes after)."""
     text = os.fsdecode(text) if isinstance(text, bytes) else str(text)

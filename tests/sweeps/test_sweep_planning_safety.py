@@ -44,6 +44,10 @@ def _fake_main(monkeypatch, mode: str = "finish") -> list:
     return launched
 
 
+def _path_max() -> int:
+    return os.pathconf("/", "PC_PATH_MAX")
+
+
 def _errors(capsys) -> list[str]:
     return capsys.readouterr().err.splitlines()
 
@@ -123,11 +127,12 @@ def test_an_over_long_workdir_is_one_line(tmp_path, monkeypatch, capsys, shape):
     if shape == "a long name":
         workdir = tmp_path / ("a" * 300)
     else:
-        workdir = tmp_path.joinpath(*["b" * 200] * 20)
+        workdir = tmp_path.joinpath(*["b" * 200] * (_path_max() // 200))
     assert sweep_cli.main(["--workdir", str(workdir)]) == 2
     (line,) = _errors(capsys)
     assert line.startswith("error: --workdir ")
-    assert ("more than the 255" if shape == "a long name" else "past the 4096 bytes") in line
+    limit = "more than the 255" if shape == "a long name" else f"past the {_path_max()} bytes"
+    assert limit in line
     assert not launched and os.listdir(tmp_path) == []
 
 
