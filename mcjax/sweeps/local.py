@@ -95,16 +95,11 @@ def _outcome(summary: dict) -> str:
     return text
 
 
-def _open_log(run: Run) -> tuple[int | None, str]:
-    """``RUN/train.log`` opened for appending (the run's directory made first), or
-    ``None`` and why not: a link planted in its place is refused, not followed."""
-    log_path = os.path.join(run.workdir, "train.log")
-    try:
-        os.makedirs(run.workdir, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        return safe_files.open_no_follow(log_path, flags), log_path
-    except OSError as error:
-        return None, f"cannot open {shown(log_path)} ({error.strerror})"
+def _open_log(log_path: str) -> int:
+    """``RUN/train.log`` opened for appending, its directory made first; a link planted
+    in its place is an ``OSError``, not a write to its target."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    return safe_files.open_no_follow(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
 
 def run_all(
@@ -138,9 +133,12 @@ def run_all(
         for index, run in enumerate(todo, start=1):
             if forward.stopping:
                 break
-            log, log_path = _open_log(run)
-            if log is None:
-                out(f"[{index}/{len(todo)}] {run.name}: not started: {log_path}")
+            log_path = os.path.join(run.workdir, "train.log")
+            try:
+                log = _open_log(log_path)
+            except OSError as error:
+                why = f"cannot open {shown(log_path)} ({error.strerror})"
+                out(f"[{index}/{len(todo)}] {run.name}: not started: {why}")
                 failed.append(1)
                 continue
             verb = "resuming" if run.status() == "interrupted" else "training"
