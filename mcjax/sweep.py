@@ -16,11 +16,17 @@ apply to a run (``model.fan_in`` for ``full``) is not multiplied. ``--config.FIE
 applies to every run. ``--experiment`` fills in the paper's grids (see
 :mod:`mcjax.sweeps.presets`); the table then has the paper's numbers beside ours.
 
+The number of runs is printed before they are made; past ``--max_runs`` (default
+10,000) the sweep is refused. One sweep at a time per directory (``DIR/.sweep.lock``, a
+lock the OS releases when the sweep dies); each run has its own lock too.
+
 Leaves ``sweep.json``, ``results.json``, ``table.md`` (printed at the end) and figures in
-``--workdir``. Exit statuses: 0 every run finished; 2 a bad grid, field or value (one
-``error:`` line each, before anything runs); 75 stopped by SIGTERM/SIGINT or a run's
-preemption (run the same command again); 3 / 1 some run stopped on a non-finite loss /
-failed otherwise (the other runs still ran).
+``--workdir``, each written atomically. Exit statuses: 0 every run finished; 2 a bad
+grid, field, value or path, a busy sweep directory, a file that cannot be written, or
+``sbatch`` missing or refusing the job (one ``error:`` line each, before anything
+runs where it can be found before); 75 stopped by SIGTERM/SIGINT or a run's preemption
+(run the same command again); 3 / 1 some run stopped on a non-finite loss / failed
+otherwise (the other runs still ran).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import shlex
 import sys
 
 from mcjax.sweeps import grid, local, plan, presets, report, slurm
-from mcjax.sweeps.resolve import SweepError
+from mcjax.sweeps.lock import SweepLock
+from mcjax.sweeps.resolve import SweepError, shown
 from mcjax.training import exit_codes
 
 
@@ -59,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--submit", action="store_true", help="with slurm: sbatch the job")
     parser.add_argument("--sbatch_args", default="", help="with --submit: options for sbatch")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--max_runs",
+        type=int,
+        default=plan.MAX_RUNS,
+        help=f"refuse a sweep of more runs than this (default {plan.MAX_RUNS:,})",
+    )
     return parser
 
 
@@ -105,12 +118,14 @@ def _sweep(args, overrides: dict[str, str]) -> tuple[plan.Sweep, list[str]]:
     seeds = args.seeds if args.seeds is not None else presets.DEFAULT_SEEDS if names else 1
     if seeds < 1:
         raise SweepError(f"--seeds must be at least 1, got {seeds}")
+    if args.max_runs < 1:
+        raise SweepError(f"--max_runs must be at least 1, got {args.max_runs}")
     sweep = plan.Sweep(
         workdir=args.workdir or os.path.join("runs", "+".join(names) or "sweep"),
         config=config or str(presets.CONFIGS / "digits.py"),
         overrides=overrides,
         axes=[*preset_axes, *(grid.field_axis(f, v) for f, v in axes.items())],
-        seeds=list(range(seeds)),
+        seeds=range(seeds),  # a list only once the sweep's size is checked
         experiments=names,
     )
     return sweep, notes
@@ -118,6 +133,48 @@ def _sweep(args, overrides: dict[str, str]) -> tuple[plan.Sweep, list[str]]:
 
 def _notes(sweep: plan.Sweep) -> list[str]:
     return [note for name in sweep.experiments for note in presets.PRESETS[name].notes]
+
+
+def _sbatch_args(args) -> list[str]:
+    try:
+        return shlex.split(args.sbatch_args)
+    except ValueError as error:
+        raise SweepError(f"--sbatch_args {shown(args.sbatch_args)}: {error}") from None
+
+
+def _announce(sweep: plan.Sweep):
+    def announce(runs: int, points: int, seeds: int) -> None:
+        print(
+            f"planning {plan.size_text(runs, points, seeds)} in {shown(sweep.workdir)}", flush=True
+        )
+
+    return announce
+
+
+def _error(*problems: str) -> int:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return exit_codes.EXIT_BAD_INPUT
+
+
+def _os_error(error: OSError) -> str:
+    where = f" ({shown(os.fsdecode(error.filename))})" if error.filename is not None else ""
+    return f"cannot write the sweep's files: {error.strerror or error}{where}"
+
+
+def _launch_slurm(sweep: plan.Sweep, runs: list[plan.Run], args, sbatch_args) -> int:
+    try:
+        path = slurm.write(sweep, runs)
+    except slurm.NothingToSubmit as error:
+        print(error)
+        return 0
+    print(f"wrote {shown(path)}")
+    if args.submit:
+        print(slurm.submit(path, sbatch_args))
+    else:
+        print(f"submit it with: sbatch {shlex.quote(path)}")
+    print(f"afterwards: python -m mcjax.sweep --workdir {shlex.quote(sweep.workdir)} --report")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,33 +188,30 @@ def main(argv: list[str] | None = None) -> int:
             sweep, runs = plan.read(args.workdir)
             print(report.report(sweep, runs, _notes(sweep)), end="")
             return 0
+        sbatch_args = _sbatch_args(args)
         sweep, notes = _sweep(args, overrides)
-        runs = plan.plan(sweep)
-    except SweepError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return exit_codes.EXIT_BAD_INPUT
-    if args.dry_run:
-        for run in runs:
-            command = shlex.join(["python", "-m", "mcjax.main", *run.main_args(sweep)])
-            print(f"{run.status():<11} {command}")
-        return 0
-    plan.write(sweep, runs)
-    if args.launcher == "slurm":
-        try:
-            path = slurm.write(sweep, runs)
-        except ValueError as error:
-            print(error)
+        if args.launcher == "slurm":  # before anything is resolved or written
+            problems = slurm.problems(sweep)
+            if problems:
+                raise SweepError(problems)
+        runs = plan.plan(sweep, max_runs=args.max_runs, announce=_announce(sweep))
+        if args.dry_run:
+            for run in runs:
+                command = shlex.join(["python", "-m", "mcjax.main", *run.main_args(sweep)])
+                print(f"{run.status():<11} {command}")
             return 0
-        print(f"wrote {path}")
-        if args.submit:
-            print(slurm.submit(path, shlex.split(args.sbatch_args)))
-        else:
-            print(f"submit it with: sbatch {path}")
-        print(f"afterwards: python -m mcjax.sweep --workdir {sweep.workdir} --report")
-        return 0
-    status = local.run_all(sweep, runs)
-    table = report.report(sweep, runs, notes)
+        with SweepLock(sweep.workdir):
+            plan.write(sweep, runs)
+            if args.launcher == "slurm":
+                return _launch_slurm(sweep, runs, args, sbatch_args)
+            status = local.run_all(sweep, runs)
+            table = report.report(sweep, runs, notes)
+    except SweepError as error:
+        return _error(*error.problems)
+    except slurm.SubmitError as error:
+        return _error(str(error))
+    except OSError as error:
+        return _error(_os_error(error))
     if status != exit_codes.EXIT_PREEMPTED:
         print(table, end="")
     return status

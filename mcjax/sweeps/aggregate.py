@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
+from mcjax import safe_files
 from mcjax.sweeps import grid, paper
-from mcjax.sweeps.plan import Run, Sweep, to_json
+from mcjax.sweeps.plan import Run, Sweep, read_summary, to_json
 
 LABELS = {"full": "Fixed-Full", "learned": "Learned", "random": "Fixed-Random", "real": "Real"}
 # Display names of fields a table shows in its own columns.
@@ -23,11 +24,8 @@ OWN_COLUMNS = ("model.arch", "model.connectivity", "model.fan_in")
 
 
 def _summary(run: Run) -> dict | None:
-    path = os.path.join(run.workdir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The run's summary, ``None`` when it has not finished (or its file is broken)."""
+    return read_summary(run.workdir)
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -51,12 +49,12 @@ def collect(sweep: Sweep, runs: list[Run]) -> dict:
         summary = _summary(run)
         run_records.append(
             {
+                **(summary or {}),
                 "name": run.name,
                 "overrides": run.overrides,
                 "seed": run.seed,
                 "workdir": run.workdir,
                 "status": run.status(),
-                **(summary or {}),
             }
         )
         row = rows.setdefault(
@@ -69,7 +67,8 @@ def collect(sweep: Sweep, runs: list[Run]) -> dict:
     out_rows = []
     for row in rows.values():
         summaries = row.pop("summaries")
-        top5 = [s["test_accuracy_top5"] for s in summaries if "test_accuracy_top5" in s]
+        top5 = [s.get("test_accuracy_top5") for s in summaries]
+        top5 = [v for v in top5 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         found = paper.lookup(row)
         out_rows.append(
             {
@@ -146,15 +145,12 @@ def table(results: dict, notes: list[str] = ()) -> str:
 
 
 def write(sweep: Sweep, runs: list[Run], notes: list[str] = ()) -> tuple[dict, str]:
-    """Writes ``results.json`` and ``table.md`` under the sweep's directory."""
+    """Writes ``results.json`` and ``table.md`` under the sweep's directory (atomically,
+    :mod:`mcjax.safe_files`)."""
     results = collect(sweep, runs)
     text = table(results, notes)
-    for name, content in (
-        ("results.json", json.dumps(results, indent=1)),
-        ("table.md", text),
-    ):
-        path = os.path.join(sweep.workdir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(content)
-        os.replace(path + ".tmp", path)
+    safe_files.write_text(
+        os.path.join(sweep.workdir, "results.json"), json.dumps(results, indent=1)
+    )
+    safe_files.write_text(os.path.join(sweep.workdir, "table.md"), text)
     return results, text

@@ -9,27 +9,31 @@ diverged run does not take the sweep down. The sweep survives preemption like a 
   exits 75 too. A second SIGINT is passed on as SIGINT, which aborts the run at once.
 * Each run is started in its own session (so a terminal's Ctrl-C reaches it once,
   through the sweep) and, on Linux, asks to get SIGTERM should the sweep die (the
-  kernel's parent-death signal): killing the sweep stops its run cleanly too.
-* Running the same command again skips finished runs (``summary.json``) and resumes the
-  interrupted one from its checkpoint.
+  kernel's parent-death signal, requested by :mod:`mcjax.sweeps.stop_with_parent`
+  before it becomes the run: no Python code runs between ``fork`` and ``exec``, which
+  after importing JAX would warn and may deadlock): killing the sweep stops its run
+  cleanly too.
+* Running the same command again skips finished runs (a readable ``summary.json``) and
+  resumes the interrupted one from its checkpoint.
 
-A run's output goes to ``RUN/train.log``; the sweep prints one line per run.
+A run's output is appended to ``RUN/train.log`` (opened without following a link);
+the sweep prints one line per run.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from mcjax.sweeps.plan import Run, Sweep
+from mcjax import safe_files
+from mcjax.sweeps.plan import Run, Sweep, read_summary
+from mcjax.sweeps.resolve import shown
 from mcjax.training import exit_codes
 
-_PR_SET_PDEATHSIG = 1
+_STOP_WITH_PARENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stop_with_parent.py")
 
 
 def main_command(args: Sequence[str]) -> list[str]:
@@ -37,20 +41,13 @@ def main_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "mcjax.main", *args]
 
 
-def _stop_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that gives the child SIGTERM when ``parent`` dies (Linux)."""
+def _stop_with_parent(command: list[str], parent: int) -> list[str]:
+    """``command`` started so that it gets SIGTERM when ``parent`` dies (on Linux)."""
     if not sys.platform.startswith("linux"):
-        return None
-
-    def preexec():
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # the parent died before prctl
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
+        return command
+    # -I: the helper imports only the standard library, whatever PYTHONPATH says; the
+    # command it becomes gets the environment unchanged.
+    return [sys.executable, "-I", _STOP_WITH_PARENT, str(parent), *command]
 
 
 class _Forward:
@@ -90,20 +87,26 @@ def _last_error(log_path: str) -> str:
     return (errors or lines or [""])[-1]
 
 
-def _outcome(run: Run) -> str:
-    with open(os.path.join(run.workdir, "summary.json")) as f:
-        summary = json.load(f)
-    return (
-        f"test accuracy {100 * summary['test_accuracy']:.2f}%, "
-        f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s"
-    )
+def _outcome(summary: dict) -> str:
+    steps, seconds = summary.get("steps"), summary.get("wall_seconds")
+    text = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
+    if isinstance(steps, int) and isinstance(seconds, (int, float)):
+        text += f", {steps} steps in {seconds:.0f} s"
+    return text
+
+
+def _open_log(log_path: str) -> int:
+    """``RUN/train.log`` opened for appending, its directory made first; a link planted
+    in its place is an ``OSError``, not a write to its target."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    return safe_files.open_no_follow(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
 
 def run_all(
     sweep: Sweep,
     runs: Sequence[Run],
     *,
-    command: Callable[[Sequence[str]], list[str]] = main_command,
+    command: Callable[[Sequence[str]], list[str]] | None = None,
     out=print,
 ) -> int:
     """Runs every run that has not finished, in order; returns the sweep's exit status.
@@ -115,12 +118,14 @@ def run_all(
 
     Args:
       sweep, runs: from :func:`mcjax.sweeps.plan.plan`.
-      command: turns ``mcjax.main`` arguments into the process to start.
+      command: turns ``mcjax.main`` arguments into the process to start (default
+        :func:`main_command`).
       out: where the progress lines go.
     """
+    command = command or main_command
     todo = [run for run in runs if run.status() != "finished"]
     out(
-        f"sweep {sweep.workdir}: {len(runs)} runs, {len(runs) - len(todo)} finished, "
+        f"sweep {shown(sweep.workdir)}: {len(runs)} runs, {len(runs) - len(todo)} finished, "
         f"{len(todo)} to run"
     )
     failed: list[int] = []
@@ -128,27 +133,43 @@ def run_all(
         for index, run in enumerate(todo, start=1):
             if forward.stopping:
                 break
-            os.makedirs(run.workdir, exist_ok=True)
             log_path = os.path.join(run.workdir, "train.log")
+            try:
+                log = _open_log(log_path)
+            except OSError as error:
+                why = f"cannot open {shown(log_path)} ({error.strerror})"
+                out(f"[{index}/{len(todo)}] {run.name}: not started: {why}")
+                failed.append(1)
+                continue
             verb = "resuming" if run.status() == "interrupted" else "training"
-            out(f"[{index}/{len(todo)}] {run.name}: {verb} (log: {log_path})")
-            with open(log_path, "a") as log:
+            out(f"[{index}/{len(todo)}] {run.name}: {verb} (log: {shown(log_path)})")
+            try:
                 forward.child = subprocess.Popen(
-                    command(run.main_args(sweep)),
+                    _stop_with_parent(command(run.main_args(sweep)), os.getpid()),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                     start_new_session=True,
-                    preexec_fn=_stop_with_parent(os.getpid()),
                 )
-                if forward.stopping:  # the signal came while the run was starting
-                    forward.child.send_signal(signal.SIGTERM)
-                status = forward.child.wait()
-                forward.child = None
-            if status == 0:
-                out(f"  done: {_outcome(run)}")
+            except OSError as error:
+                out(f"  not started: {shown(str(error))}")
+                failed.append(1)
                 continue
-            detail = _last_error(log_path)
+            finally:
+                os.close(log)
+            if forward.stopping:  # the signal came while the run was starting
+                forward.child.send_signal(signal.SIGTERM)
+            status = forward.child.wait()
+            forward.child = None
+            if status == 0:
+                summary = read_summary(run.workdir)
+                if summary is not None:
+                    out(f"  done: {_outcome(summary)}")
+                    continue
+                out("  exited 0 without a readable summary.json (run the sweep again to redo it)")
+                failed.append(1)
+                continue
+            detail = shown(_last_error(log_path), 300)
             if status == exit_codes.EXIT_PREEMPTED:
                 out(f"  stopped (exit 75): {detail}")
                 forward.stopping = forward.stopping or "preemption of the run"

@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from absl import logging
 
+from mcjax import safe_files
 from mcjax.sweeps import aggregate
 from mcjax.sweeps.plan import Run, Sweep
+from mcjax.sweeps.resolve import shown
 from mcjax.training.metric_writers import read_records
 
 
@@ -24,6 +27,29 @@ def _label(row: dict, without: tuple[str, ...] = ()) -> str:
         if field not in (*aggregate.OWN_COLUMNS, *without)
     ]
     return " ".join(parts)
+
+
+def _save(plot, series, path: str, **kwargs) -> None:
+    """``plot(series, path, **kwargs)`` written through :mod:`mcjax.safe_files`: drawn in
+    a private directory (created exclusively, mode 0700: nothing can be planted in it),
+    then put in place atomically, replacing a link at ``path`` rather than its target."""
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path) or ".") as private:
+        scratch = os.path.join(private, os.path.basename(path))
+        plot(series, scratch, **kwargs)
+        with open(scratch, "rb") as f:
+            data = f.read()
+    safe_files.write_bytes(path, data)
+
+
+def _curves(run: dict) -> list[dict] | None:
+    """The records of a run's ``metrics.jsonl``; ``None`` when it cannot be read."""
+    metrics = os.path.join(run["workdir"], "metrics.jsonl")
+    if not os.path.isfile(metrics):
+        return None
+    try:
+        return read_records(metrics)
+    except OSError:
+        return None
 
 
 def write_figures(results: dict, workdir: str) -> list[str]:
@@ -42,13 +68,14 @@ def write_figures(results: dict, workdir: str) -> list[str]:
             by_k.setdefault(_label(row, ("model.fan_in",)), {})[row["fan_in"]] = values
     if len({k for series in by_k.values() for k in series}) >= 2:
         path = os.path.join(workdir, "accuracy_vs_fan_in.png")
-        figures.plot_accuracy_vs_fan_in(by_k, path, reference=reference)
+        _save(figures.plot_accuracy_vs_fan_in, by_k, path, reference=reference)
         written.append(path)
 
     masked = [row for row in rows if row["connectivity"] != "full"]
     if masked:
         path = os.path.join(workdir, "active_branches.png")
-        figures.plot_mean_active_branches(
+        _save(
+            figures.plot_mean_active_branches,
             {_label(row): row["live_blocks_per_module"] for row in masked},
             path,
             cardinality=max(row["cardinality"] for row in masked),
@@ -58,12 +85,12 @@ def write_figures(results: dict, workdir: str) -> list[str]:
     labels = {tuple(row["overrides"].items()): _label(row) for row in results["rows"]}
     curves = []
     for run in results["runs"]:
-        metrics = os.path.join(run["workdir"], "metrics.jsonl")
-        if os.path.exists(metrics):
-            curves.append((labels[tuple(run["overrides"].items())], read_records(metrics)))
+        records = _curves(run)
+        if records is not None:
+            curves.append((labels[tuple(run["overrides"].items())], records))
     if curves:
         path = os.path.join(workdir, "learning_curves.png")
-        figures.plot_sweep_learning_curves(curves, path)
+        _save(figures.plot_sweep_learning_curves, curves, path)
         written.append(path)
     return written
 
@@ -75,4 +102,6 @@ def report(sweep: Sweep, runs: list[Run], notes: list[str] = ()) -> str:
         write_figures(results, sweep.workdir)
     except ImportError as error:  # pragma: no cover - matplotlib is a dependency
         logging.warning("no sweep figures: %s", error)
+    except (ValueError, TypeError) as error:  # a summary.json edited into nonsense
+        logging.warning("no sweep figures: %s", shown(str(error)))
     return text

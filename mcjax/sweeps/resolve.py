@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import stat
+import unicodedata
 import warnings
 from collections.abc import Mapping
 
@@ -16,16 +19,15 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-# Fields a resumed or skipped run may differ in without changing its result.
-BOOKKEEPING_FIELDS = (
-    "log_every_steps",
-    "eval_every_epochs",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "data.data_dir",  # the same data moved elsewhere
-    "model.branch_impl",  # how the same function is computed
-)
+# The fields a resumed or skipped run may differ in: the training program's one list.
+from mcjax.training.resume_rules import RESUMABLE_FIELDS
+
+# Unicode's control characters and its line and paragraph separators: what may not go
+# into a line of a generated script or of a one-line message.
+_CONTROL = ("Cc", "Zl", "Zp")
+
+# The largest JSON file the sweep reads (a sweep.json of --max_runs runs is a few MB).
+_MAX_JSON_BYTES = 256 << 20
 
 
 class SweepError(ValueError):
@@ -98,15 +100,72 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 
 def differences(saved: Mapping, config) -> list[str]:
-    """The fields (not :data:`BOOKKEEPING_FIELDS`) in which a run's saved ``config.json``
-    differs from ``config``, as ``"field: saved -> now"``."""
+    """The fields in which a run's saved ``config.json`` differs from ``config``, as
+    ``"field: saved -> now"``, by the training program's rule
+    (:func:`mcjax.training.resume_rules.check_workdir_matches`): every field but
+    :data:`~mcjax.training.resume_rules.RESUMABLE_FIELDS`, not ``fan_in`` when both use
+    ``full``, and not a field the saved config does not have (written before it existed)."""
     now = _flatten(json.loads(json.dumps(config.to_dict())))  # tuples as JSON lists
     before = _flatten(saved)
     if now.get("model.connectivity") == "full" == before.get("model.connectivity"):
         before.pop("model.fan_in", None)  # ignored by 'full'
         now.pop("model.fan_in", None)
     return [
-        f"{field}: {before.get(field, '(absent)')!r} -> {now.get(field, '(absent)')!r}"
-        for field in sorted(set(now) | set(before))
-        if field not in BOOKKEEPING_FIELDS and before.get(field) != now.get(field)
+        f"{field}: {before[field]!r} -> {value!r}"
+        for field, value in now.items()
+        if field not in RESUMABLE_FIELDS and field in before and before[field] != value
     ]
+
+
+def canonical_value(config, field: str) -> str:
+    """The parsed value of the dotted ``field`` of ``config`` as a JSON text: ``2``,
+    ``02`` and ``+2`` given for an int field all read ``"2"``."""
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def read_json(path: str, *, limit: int = _MAX_JSON_BYTES):
+    """The JSON value in the regular file ``path``.
+
+    Opened without blocking (a FIFO planted in its place is refused, not waited on),
+    and only a regular file of at most ``limit`` bytes is read.
+
+    Raises:
+      OSError: it cannot be opened or read.
+      ValueError: it is not a regular file, too large, not UTF-8 or not JSON
+        (``json.JSONDecodeError`` and ``UnicodeDecodeError`` are ``ValueError``).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, more than {limit}")
+        data = f.read(limit + 1)
+    if not data.strip():
+        raise ValueError("empty")
+    return json.loads(data.decode("utf-8"))
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters in ``text`` (newline, carriage return, escape, ...; also
+    Unicode's line and paragraph separators), each as Python writes it (``'\\n'``)."""
+    return list(
+        dict.fromkeys(repr(char)[1:-1] for char in text if unicodedata.category(char) in _CONTROL)
+    )
+
+
+def shown(text: str, limit: int = 400) -> str:
+    """``text`` for a one-line message: control characters escaped (``\\n``), and cut
+    to ``limit`` characters (``...`` and its length in bytes after)."""
+    text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
+    safe = "".join(
+        repr(char)[1:-1] if unicodedata.category(char) in _CONTROL else char for char in text
+    )
+    if len(safe) > limit:
+        size = len(text.encode("utf-8", "surrogateescape"))
+        safe = f"{safe[:limit]}... ({size} bytes)"
+    return safe

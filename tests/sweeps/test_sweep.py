@@ -269,7 +269,8 @@ def test_slurm_array_of_the_unfinished_runs(tmp_path):
 def test_report_and_dry_run_from_the_command_line(tmp_path, capsys):
     args = ["--workdir", str(tmp_path), "--seeds", "2", "--grid", "model.fan_in=1,2"]
     assert sweep_cli.main([*args, "--dry_run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    count, *lines = capsys.readouterr().out.splitlines()
+    assert count.startswith("planning 4 runs (2 grid points x 2 seeds)")
     assert len(lines) == 4 and all(line.startswith("new ") for line in lines)
     assert not os.listdir(tmp_path)  # a dry run writes nothing
     sweep = _sweep(tmp_path, [grid.field_axis("model.fan_in", ["1", "2"])])
