@@ -1,7 +1,7 @@
 """How the local sweep starts its runs, where the process is the subject: no fork
 warning once JAX is running, and no run started for a sweep that is gone. (That a run
-gets SIGTERM when its sweep is killed is tests/test_sweep.py's
-test_killing_the_sweep_stops_its_run_cleanly; tests/fake_main.py stands in for
+gets SIGTERM when its sweep is killed is tests/sweeps/test_sweep.py's
+test_killing_the_sweep_stops_its_run_cleanly; tests/support/fake_main.py stands in for
 python -m mcjax.main.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits.py")
-FAKE_MAIN = str(REPO / "tests" / "fake_main.py")
+FAKE_MAIN = str(REPO / "tests" / "support" / "fake_main.py")
 
 # A sweep process as python -m mcjax.sweep is one: JAX imported and its CPU backend
 # started (planning does that), then the runs started one after another.

@@ -2,7 +2,7 @@
 sweep too large to plan, names and paths the file system cannot hold, values that are
 one value, the resume rule shared with the training program, broken result files, a
 second sweep on the same directory, and links planted where the sweep writes.
-(tests/fake_main.py stands in for python -m mcjax.main where runs are started.)"""
+(tests/support/fake_main.py stands in for python -m mcjax.main where runs are started.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mcjax.sweeps.resolve import SweepError, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits.py")
-FAKE_MAIN = str(REPO / "tests" / "fake_main.py")
+FAKE_MAIN = str(REPO / "tests" / "support" / "fake_main.py")
 
 
 def _sweep(workdir, axes=(), seeds=(0,), **overrides) -> plan.Sweep:
@@ -32,7 +32,7 @@ def _sweep(workdir, axes=(), seeds=(0,), **overrides) -> plan.Sweep:
 
 
 def _fake_main(monkeypatch, mode: str = "finish") -> list:
-    """Runs started by the sweep are tests/fake_main.py; returns the list of their args."""
+    """Runs started by the sweep are tests/support/fake_main.py; returns the list of their args."""
     launched = []
 
     def command(args):
