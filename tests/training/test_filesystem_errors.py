@@ -25,7 +25,7 @@ import types
 import pytest
 from absl import flags
 
-from mcjax.training import checkpoint, exit_codes, filesystem
+from mcjax.training import checkpoint, exit_codes
 from mcjax.training.checkpoint import Checkpointer
 
 pytestmark = pytest.mark.xdist_group("uninterrupted")
@@ -145,6 +145,8 @@ def test_a_full_disk_during_an_async_save_is_one_line_and_exit_2(
 
 
 def test_the_tracebacks_a_failed_save_prints_are_dropped(capsys):
+    from mcjax.training import filesystem
+
     handler = logging.StreamHandler()
     filesystem.quiet_failed_saves(handler)
     quiet = next(f for f in handler.filters if isinstance(f, filesystem.QuietFilesystemErrors))
