@@ -14,16 +14,20 @@ verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning
 Exit statuses (constants in :mod:`mcjax.training.exit_codes`):
 
 * 0: finished.
-* 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag or
-  config field (also a misspelt field, a value of the wrong type, a flag given twice),
-  bad data, batches larger than the data, a workdir that is a file, not writable, full
-  (no space left: the last finished checkpoint is intact), in use by another run, or
-  holding the run of another config or network (see "Runs survive interruptions" in
-  the README for what may change on resume).
+* 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag,
+  config file or config field (also a misspelt field, a value of the wrong type, a flag
+  given twice, more steps than int32 holds), bad data, batches larger than the data, a
+  workdir that is a file, not writable, in use by another run, or holding the run of
+  another config, network or data (see "Runs survive interruptions" in the README for
+  what may change on resume), an error of the file system during the run (full, bytes
+  or inodes; read-only; a path removed or replaced: the last finished checkpoint is
+  intact), or a lost workdir lock that another run holds now.
 * 3 (``EXIT_NON_FINITE``): the loss or a gradient became NaN/inf; one ``error:`` line
   naming the step and phase. The last checkpoint (of a finite state) is intact.
 * 75 (``EXIT_PREEMPTED``, EX_TEMPFAIL): stopped by SIGTERM or SIGINT after finishing the
-  step and saving a checkpoint at it; run the same command again to resume.
+  step and saving a checkpoint at it, or after finding its ``.lock`` deleted or replaced
+  (it took the lock again and saved a checkpoint; one ``error:`` line); run the same
+  command again to resume.
 * 1: anything unexpected (a traceback).
 """
 
