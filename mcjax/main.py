@@ -14,16 +14,20 @@ verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning
 Exit statuses (constants in :mod:`mcjax.training.exit_codes`):
 
 * 0: finished.
-* 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag or
-  config field (also a misspelt field, a value of the wrong type, a flag given twice),
-  bad data, batches larger than the data, a workdir that is a file, not writable, full
-  (no space left: the last finished checkpoint is intact), in use by another run, or
-  holding the run of another config or network (see "Runs survive interruptions" in
-  the README for what may change on resume).
+* 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag,
+  config file or config field (also a misspelt field, a value of the wrong type, a flag
+  given twice, more steps than int32 holds), bad data, batches larger than the data, a
+  workdir that is a file, not writable, in use by another run, or holding the run of
+  another config, network or data (see "Runs survive interruptions" in the README for
+  what may change on resume), an error of the file system during the run (full, bytes
+  or inodes; read-only; a path removed or replaced: the last finished checkpoint is
+  intact), or a lost workdir lock that another run holds now.
 * 3 (``EXIT_NON_FINITE``): the loss or a gradient became NaN/inf; one ``error:`` line
   naming the step and phase. The last checkpoint (of a finite state) is intact.
 * 75 (``EXIT_PREEMPTED``, EX_TEMPFAIL): stopped by SIGTERM or SIGINT after finishing the
-  step and saving a checkpoint at it; run the same command again to resume.
+  step and saving a checkpoint at it, or after finding its ``.lock`` deleted or replaced
+  (it took the lock again and saved a checkpoint; one ``error:`` line); run the same
+  command again to resume.
 * 1: anything unexpected (a traceback).
 """
 
@@ -32,9 +36,13 @@ import errno
 import logging as std_logging
 import os
 import pathlib
+import re
 import sys
+import threading
+import traceback
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -43,6 +51,7 @@ from mcjax.training import (
     checkpoint,
     distributed,
     exit_codes,
+    filesystem,
     loop,
     preemption,
     resume_rules,
@@ -51,9 +60,27 @@ from mcjax.training import (
     workdir_lock,
 )
 
+# A value echoed in an error line is cut to this many characters (a 100,000-character
+# override would otherwise be printed whole).
+_LONGEST_ECHO = 200
+_LONG_TOKEN = re.compile(rf"\S{{{_LONGEST_ECHO + 1},}}")
+
+
+def _shorten(text: str) -> str:
+    """``text`` with every run of more than ``_LONGEST_ECHO`` non-blank characters cut."""
+    return _LONG_TOKEN.sub(
+        lambda m: f"{m.group()[: _LONGEST_ECHO // 2]}... ({len(m.group())} characters)", text
+    )
+
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_shorten(message)}", file=sys.stderr)
+    sys.exit(exit_codes.EXIT_BAD_INPUT)
+
+
+def _fail_all(problems) -> None:
+    for problem in problems:
+        print(f"error: {_shorten(problem)}", file=sys.stderr)
     sys.exit(exit_codes.EXIT_BAD_INPUT)
 
 
@@ -128,22 +155,103 @@ def _repeated_flag(argv: list[str]) -> str | None:
     return None
 
 
+def _config_path(argv: list[str]) -> str:
+    """The config file ``argv`` names (the last ``--config``), without its ``:args``."""
+    path = str(_DEFAULT_CONFIG)
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and index + 1 < len(argv):
+            path = argv[index + 1]
+    return path.split(":", 1)[0]
+
+
+def _exceptions(error: BaseException):
+    """``error`` and those it was raised from or during."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _config_file_failure(error: BaseException, path: str) -> str | None:
+    """One line if ``error`` (or one it came from) was raised by the config file's code."""
+    target = os.path.realpath(path)
+    for exc in _exceptions(error):
+        lines = [
+            line
+            for frame, line in traceback.walk_tb(exc.__traceback__)
+            if os.path.realpath(frame.f_code.co_filename) == target
+        ]
+        if lines:
+            raised = _shorten(repr(exc))
+            return (
+                f"--config {path}: the config file raised {raised} at line {lines[-1]} while "
+                "it was loaded; a config file defines get_config(), which returns an "
+                "ml_collections.ConfigDict, and does nothing else"
+            )
+    return None
+
+
+def _unloadable_config(path: str) -> None:
+    """Fails for a config file ml_collections could not load (it defers the IOError)."""
+    if not os.path.isfile(path):
+        _fail(
+            f"--config {path}: no such file; give the path of a config file, e.g. configs/digits.py"
+        )
+    _fail(f"--config {path}: the config file cannot be read")
+
+
+def _check_loaded_config(path: str) -> None:
+    """Refuses a config file that could not be read or whose get_config() is no ConfigDict."""
+    value = _CONFIG.value
+    if isinstance(value, ml_collections.ConfigDict):
+        return
+    if type(value).__name__ == "_ErrorConfig":  # ml_collections defers the load's IOError
+        _unloadable_config(path)
+    _fail(
+        f"--config {path}: get_config() returned {_shorten(repr(type(value).__name__))}, not "
+        "an ml_collections.ConfigDict"
+    )
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with every error one ``error:`` line and exit status 2.
 
     absl would print a FATAL line and its usage (exit 1), and a misspelt config field
-    escapes as a ``KeyError`` traceback with the suggestion buried in it.
+    escapes as a ``KeyError`` traceback with the suggestion buried in it. So do config
+    files that are missing, raise (``SystemExit`` included, which would end the program
+    with status 0 having done nothing) or return something else than a ``ConfigDict``.
     """
     repeated = _repeated_flag(argv)
     if repeated:
         _fail(f"{repeated} is given twice; give each flag once")
+    path = _config_path(argv)
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        _fail(str(error))
-    except (KeyError, AttributeError) as error:  # ml_collections: no such config field
-        _fail(_unknown_field(error, argv))
-    return argv  # not reached
+        remaining = flags.FLAGS(argv)
+    except BaseException as error:  # the config file is Python: it can raise anything
+        failure = _config_file_failure(error, path)
+        if failure is not None:
+            _fail(failure)
+        if isinstance(error, flags.Error):
+            if not os.path.isfile(path):  # so its fields are unknown flags
+                _unloadable_config(path)
+            _fail(str(error))
+        if isinstance(error, AttributeError) and "'get_config'" in str(error):
+            _fail(
+                f"--config {path}: the config file defines no get_config(), which returns "
+                "an ml_collections.ConfigDict"
+            )
+        if isinstance(error, (KeyError, AttributeError)):  # ml_collections: no such field
+            _fail(_unknown_field(error, argv))
+        if any("earlier failure to load" in str(e) for e in _exceptions(error)):
+            _unloadable_config(path)  # overrides given to a config file that is missing
+        raise
+    _check_loaded_config(path)
+    return remaining
 
 
 def _workdir_problem(workdir: str) -> str | None:
@@ -154,18 +262,27 @@ def _workdir_problem(workdir: str) -> str | None:
     return None
 
 
-def _os_error_line(error: OSError, workdir: str) -> str | None:
-    """One line for a full or unwritable disk; None for other OS errors (a bug: traceback)."""
+def _os_error_line(error: OSError, workdir: str) -> str:
+    """One line for an error of the file system (full, read-only, a path removed or replaced)."""
     where = error.filename or workdir
+    reason = error.strerror or str(error)
+    checkpoints = os.path.join(workdir, "checkpoints")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return (
-            f"no space left on the device writing {where} ({error.strerror}); the last "
-            f"finished checkpoint in {os.path.join(workdir, 'checkpoints')} is intact: "
-            "free space and run the same command again"
+            f"no space left on the device writing {where} ({reason}; bytes or inodes); the "
+            f"last finished checkpoint in {checkpoints} is intact: free space and run the "
+            "same command again"
         )
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write {where} ({error.strerror}); --workdir must be a writable directory"
-    return None
+        return f"cannot write {where} ({reason}); --workdir must be a writable directory"
+    if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EINVAL):
+        return (
+            f"cannot write {where} ({reason}): a path of the run was removed or replaced "
+            f"while it ran (a directory, a file or a link where the run keeps its files); "
+            f"the finished checkpoints in {checkpoints} are intact: restore the workdir, or "
+            "use another --workdir"
+        )
+    return f"cannot write {where} ({reason})"
 
 
 def main(argv):
@@ -185,8 +302,7 @@ def main(argv):
             process_id=_PROCESS_ID.value,
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_BAD_INPUT)
+        _fail(str(error))
     try:  # every field, before anything is loaded or compiled
         validation.validate_config(config, num_devices=jax.device_count())
         resume_rules.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
@@ -194,36 +310,58 @@ def main(argv):
         if mismatch:
             raise validation.ConfigError(mismatch)
     except validation.ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_BAD_INPUT)
+        _fail_all(error.problems)
     logging.info("workdir %s", workdir)
+    filesystem.quiet_failed_saves(logging.get_absl_handler())
     try:
         summary = loop.train_and_evaluate(config, workdir, force_resume=_FORCE_RESUME.value)
     except validation.ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_BAD_INPUT)
+        _fail_all(error.problems)
     except (
         sources.DataError,
         checkpoint.CheckpointMismatch,
         workdir_lock.WorkdirBusy,
+        workdir_lock.BadWorkdir,
     ) as error:
         _fail(str(error))
-    except OSError as error:
-        line = _os_error_line(error, workdir)
-        if line is None:
-            raise
-        _fail(line)
+    except workdir_lock.LockLost as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(exit_codes.EXIT_PREEMPTED if error.resumable else exit_codes.EXIT_BAD_INPUT)
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(exit_codes.EXIT_NON_FINITE)
     except preemption.Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
         sys.exit(exit_codes.EXIT_PREEMPTED)
+    except Exception as error:  # the file system's, in whatever form it arrives
+        found = filesystem.as_os_error(error)
+        if found is None:
+            raise
+        _fail(_os_error_line(found, workdir))
     if jax.process_index() == 0:
         print(run_outputs.format_summary(summary))
 
 
+def _exit_without_stranded_threads(status) -> None:
+    """Ends a failed run now, even where a library thread still waits on the failure.
+
+    After a save the file system refused, orbax can leave a thread waiting up to 300 s
+    for a signal the failed save never sends; the interpreter would wait for it after
+    the error line. With such threads alive, a failed run flushes its output and ends
+    at once (the workdir lock goes with the process).
+    """
+    stranded = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if status and stranded:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status if isinstance(status, int) else 1)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except SystemExit as exit_request:
+        _exit_without_stranded_threads(exit_request.code)
+        raise

@@ -3,8 +3,9 @@
 Classes are the subfolders in sorted order; each class's images, sorted by file name,
 are split into the first ``train_per_class`` for training and the next
 ``test_per_class`` for testing (Mini-ImageNet: 500/100 of 600), resized to
-``image_size`` (84) when read. 8-bit greyscale, palette and RGBA images become RGB;
-16-bit images are scaled to 8 bits, not clipped.
+``image_size`` (84) when read. Every PIL mode is read as RGB or refused with the file
+named (:mod:`mcjax.data.decode`: 16-bit and [0, 1] floating-point images are scaled to
+8 bits, not clipped; 32-bit integer images are refused).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 
 import numpy as np
 
+from mcjax.data import decode
 from mcjax.data.sources import DataError, InMemoryData
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
@@ -33,24 +35,23 @@ def _list_images(class_dir: str) -> list[str]:
     )
 
 
-# PIL's modes of 16-bit grayscale images ("I": how older Pillows open a 16-bit PNG).
-_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
 def _read_resized(path: str, image_size: int) -> np.ndarray:
-    """uint8 ``[S, S, 3]``: the whole image, RGB, resized (aspect not kept) to ``S x S``."""
+    """uint8 ``[S, S, 3]``: the whole image, RGB, resized (aspect not kept) to ``S x S``.
+
+    Decoded by :func:`mcjax.data.decode.rgb_image` (every PIL mode handled or refused,
+    memory bounded across the loading threads).
+    """
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            if image.mode in _SIXTEEN_BIT_MODES:
-                # 16-bit grayscale (PNG): scale to 8 bits; convert("RGB") would clip at 255.
-                wide = np.asarray(image, np.float64) * (255.0 / 65535.0)
-                image = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
-            image = image.convert("RGB")
+        with decode.rgb_image(path) as image:
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
+    except decode.ImageRefused as err:
+        raise DataError(
+            f"cannot read image {path}: it is {err}; replace or delete the file."
+        ) from err
     # Decoding foreign files fails in many ways (OSError, SyntaxError, struct.error,
     # DecompressionBombError, ...); every one means the same to the user.
     except Exception as err:

@@ -59,7 +59,11 @@ def _train_rows(data, step: int, rows: slice) -> tuple[np.ndarray, np.ndarray]:
 
 
 class InMemoryInput:
-    """A whole data set on the device; batches are gathered and augmented there."""
+    """A whole data set on the device; batches are gathered and augmented there.
+
+    ``fingerprint``: what data this is (:attr:`mcjax.data.sources.InMemoryData.fingerprint`);
+    every input has one, and checkpoints record it.
+    """
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class InMemoryInput:
                 f"{data.train_images.shape[1]}x{data.train_images.shape[2]}"
             )
         self._key = key
+        self.fingerprint: str = data.fingerprint
         self.mean_image = np.asarray(data.mean_image, np.float32)
         self.std = np.float32(1.0)
         self._mean = jnp.asarray(self.mean_image)
@@ -122,7 +127,10 @@ class InMemoryInput:
 
 
 class StreamingInput:
-    """ImageNet through host threads (see :mod:`mcjax.data.streaming`)."""
+    """ImageNet through host threads (see :mod:`mcjax.data.streaming`).
+
+    ``fingerprint``: the prepared files' (:func:`mcjax.data.sources.tfds_fingerprint`).
+    """
 
     def __init__(
         self,
@@ -145,6 +153,7 @@ class StreamingInput:
             global_batch_size=batch_size,
         )
         self.num_classes = self.spec.num_classes
+        self.fingerprint: str = self.source.fingerprint
         self.num_train = self.source.num_train
         self.num_test = self.source.num_test
         self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size

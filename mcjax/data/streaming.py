@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from mcjax.data import batch_order
-from mcjax.data.sources import DataError, open_tfds_splits
+from mcjax.data import batch_order, decode
+from mcjax.data.sources import DataError, open_tfds_splits, tfds_fingerprint
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -102,10 +102,9 @@ def random_resized_crop_box(
 
 
 def _decode_rgb(encoded: bytes):
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(encoded))
-    return image.convert("RGB")  # CMYK / grey / palette JPEGs exist in ImageNet
+    """The RGB image of encoded bytes, for a ``with`` block (:func:`mcjax.data.decode.rgb_image`:
+    CMYK, grey and palette JPEGs exist in ImageNet; the threads' memory is bounded)."""
+    return decode.rgb_image(io.BytesIO(encoded))
 
 
 def _normalize(pixels: np.ndarray) -> np.ndarray:
@@ -119,11 +118,11 @@ def random_resized_crop_view(
     """Train view of one encoded image: float32 ``[S, S, 3]``, normalised (module doc)."""
     from PIL import Image
 
-    image = _decode_rgb(encoded)
-    box = random_resized_crop_box(rng, *image.size)
-    # Crop and resize in one call: PIL resamples only the box (antialiased).
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
-    pixels = np.asarray(image)
+    with _decode_rgb(encoded) as image:
+        box = random_resized_crop_box(rng, *image.size)
+        # Crop and resize in one call: PIL resamples only the box (antialiased).
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+        pixels = np.asarray(image)
     if rng.random() < 0.5:
         pixels = pixels[:, ::-1]
     return _normalize(pixels)
@@ -133,14 +132,16 @@ def center_crop_view(encoded: bytes, *, image_size: int = 224, resize: int = 256
     """Eval view: shorter side to ``resize``, centre ``image_size`` crop; float32 ``[S, S, 3]``."""
     from PIL import Image
 
-    image = _decode_rgb(encoded)
-    width, height = image.size
-    factor = resize / min(width, height)
-    new_w, new_h = max(image_size, round(width * factor)), max(image_size, round(height * factor))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    return _normalize(np.asarray(image))
+    with _decode_rgb(encoded) as image:
+        width, height = image.size
+        factor = resize / min(width, height)
+        new_w = max(image_size, round(width * factor))
+        new_h = max(image_size, round(height * factor))
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+        image = image.crop((left, top, left + image_size, top + image_size))
+        pixels = np.asarray(image)
+    return _normalize(pixels)
 
 
 @dataclasses.dataclass
@@ -202,6 +203,8 @@ class ImageNetInput:
             how_to_prepare=_PREPARE_IMAGENET,
         )
         self.dataset_name = dataset_name
+        # What data this is (checkpoints record it): the prepared files of both splits.
+        self.fingerprint = tfds_fingerprint(builder, (train_split, eval_split))
         self.seed = int(seed)
         self.image_size = int(image_size)
         self.eval_resize = int(eval_resize or round(image_size * 256 / 224))

@@ -3,11 +3,14 @@ without ``pyplot`` state, and checking per-module live-block vectors."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mcjax import safe_files
 
 LIVE_FACE = "#4caf50"
 LIVE_EDGE = "#1b5e20"
@@ -17,13 +20,19 @@ DPI = 150
 
 
 def save(fig: Figure, path, dpi: float = DPI) -> None:
-    """Writes ``fig`` as a PNG at ``path`` (parent folders are created)."""
+    """Writes ``fig`` as a PNG at ``path`` (parent folders are created).
+
+    Rendered in memory, then written by :func:`mcjax.safe_files.write_bytes`: atomically,
+    and a link planted at ``path`` is replaced, its target never written.
+    """
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=dpi)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi)
+    safe_files.write_bytes(path, png.getvalue())
 
 
 def as_live(live, what: str = "live") -> list[np.ndarray]:

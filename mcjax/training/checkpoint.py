@@ -24,14 +24,24 @@ raised and no file is touched.
 In a multi-process job every process takes part in each save and restore (orbax
 coordinates the writes); only the primary process (0) writes the manifests and
 moves corrupt steps aside, and the processes agree on the step they restore.
+
+A save that the file system refuses (a full disk, an unwritable or replaced
+directory) raises ``OSError`` naming the step's directory, from :meth:`Checkpointer.save`,
+:meth:`~Checkpointer.wait` or :meth:`~Checkpointer.close`, whichever first sees it
+(orbax saves in background threads and reports there as a ``ValueError``); the
+checkpoints finished before it are untouched (orbax never renames an unfinished step
+into place).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from typing import Any
 
@@ -39,7 +49,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mcjax.training import distributed
+from mcjax import safe_files
+from mcjax.training import distributed, filesystem
 
 MANIFEST_SUFFIX = ".sha256.json"
 
@@ -107,6 +118,20 @@ def describe_mismatch(saved_tree, abstract_state) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _os_errors(path: str):
+    """Re-raises orbax's report of a file-system error as ``OSError`` naming ``path``."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        found = filesystem.as_os_error(error)
+        if found is None:
+            raise
+        raise OSError(found.errno, found.strerror, path) from error
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
@@ -131,6 +156,7 @@ class Checkpointer:
         )
         self.is_primary = is_primary  # writes manifests, moves corrupt steps aside
         self._unrecorded: list[int] = []  # saved steps whose manifest is not written yet
+        self._saving = self.directory  # the step directory of the newest save (for errors)
         self._closed = False
 
     def step_directory(self, step: int) -> str:
@@ -148,13 +174,19 @@ class Checkpointer:
         # A stale manifest, e.g. from a copied workdir.
         if self.is_primary and os.path.exists(self.manifest_path(step)):
             os.remove(self.manifest_path(step))
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        self._saving = self.step_directory(step)
+        # A checkpoints directory removed or replaced under the run: said here, before
+        # orbax starts threads that would wait 300 s for a step directory never made.
+        if not stat.S_ISDIR(os.lstat(self.directory).st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory any more", self.directory)
+        with _os_errors(self._saving):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
         if self.is_primary:
             self._unrecorded.append(step)
 
@@ -275,8 +307,13 @@ class Checkpointer:
             self.wait()
 
     def wait(self) -> None:
-        """Waits for the running save, then writes the manifests of the finished ones."""
-        self.manager.wait_until_finished()
+        """Waits for the running save, then writes the manifests of the finished ones.
+
+        Raises:
+          OSError: the file system refused the save (its step directory named).
+        """
+        with _os_errors(self._saving):
+            self.manager.wait_until_finished()
         if not self._unrecorded:
             return
         existing = set(self.manager.all_steps())
@@ -293,13 +330,7 @@ class Checkpointer:
 
     def _write_manifest(self, step: int) -> None:
         manifest = {"step": step, "files": directory_checksums(self.step_directory(step))}
-        path = self.manifest_path(step)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        safe_files.write_json(self.manifest_path(step), manifest, indent=1)
 
     def close(self) -> None:
         """Waits for the last save, writes its manifest and closes (once; then a no-op)."""
@@ -309,4 +340,5 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            self.manager.close()
+            with _os_errors(self._saving):
+                self.manager.close()

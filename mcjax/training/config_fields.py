@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ConfigError", "FieldChecker"]
+__all__ = ["LONGEST_SHOWN", "ConfigError", "FieldChecker", "shown"]
 
 _MISSING = object()
 
@@ -54,6 +54,18 @@ def _choices(options: Sequence[Any]) -> str:
     return ", ".join(repr(option) for option in options)
 
 
+# The longest value an error sentence echoes whole (a 100,000-character override is cut).
+LONGEST_SHOWN = 200
+
+
+def shown(value: Any, *, limit: int = LONGEST_SHOWN) -> str:
+    """``repr(value)`` for an error sentence: at most ``limit`` characters, the rest counted."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text)} characters)"
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     return text if text.endswith(".") else text + "."
@@ -79,7 +91,9 @@ class FieldChecker:
 
     def bad(self, path: str, value: Any, allowed: str) -> None:
         """Records ``config.<path> is <value>, but it must be <allowed>.``."""
-        self.problems.append(_sentence(f"config.{path} is {value!r}, but it must be {allowed}"))
+        self.problems.append(
+            _sentence(f"config.{path} is {shown(value)}, but it must be {allowed}")
+        )
 
     def present(self, path: str, allowed: str) -> Any:
         """The value at ``path``; records a problem and returns ``_MISSING`` if absent."""
@@ -130,7 +144,7 @@ class FieldChecker:
         """
         reason = re.sub(r",? got .*$", "", str(error).strip().rstrip("."), flags=re.S)
         if " must " in reason:
-            text = f"config.{path} is {value!r}, but it must {reason.split(' must ', 1)[1]}"
+            text = f"config.{path} is {shown(value)}, but it must {reason.split(' must ', 1)[1]}"
         else:
-            text = f"config.{path} is {value!r}, which is not valid: {reason}"
+            text = f"config.{path} is {shown(value)}, which is not valid: {reason}"
         self.problems.append(_sentence(text + context))

@@ -5,6 +5,8 @@
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_NON_FINITE", "EXIT_PREEMPTED"]
 
-EXIT_BAD_INPUT = 2  # a config or data problem, reported on one line
+EXIT_BAD_INPUT = 2  # a config, data or file-system problem, reported on one line
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last checkpoint is intact
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGINT after saving; run again to resume
+# EX_TEMPFAIL: stopped with a checkpoint (SIGTERM/SIGINT, or the workdir lock lost and
+# taken again); run the same command again to resume.
+EXIT_PREEMPTED = 75

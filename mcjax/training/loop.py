@@ -64,15 +64,23 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
         checkpoint was made with another seed, model or data set.
       mcjax.training.checkpoint.CheckpointMismatch: the checkpoint is of another layout.
       mcjax.training.workdir_lock.WorkdirBusy: another run holds the workdir.
+      mcjax.training.workdir_lock.BadWorkdir: one of the run's directories in the
+        workdir is a file or a link.
+      mcjax.training.workdir_lock.LockLost: ``workdir/.lock`` was deleted or replaced
+        (or the workdir removed) during the run; a checkpoint at the step it stopped
+        at was saved when ``resumable`` (no other run held the workdir).
+      OSError: the file system refused a write (full, read-only, a path replaced); the
+        checkpoints finished before it are intact.
     """
     validation.validate_config(config, num_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as resources:
-        resources.enter_context(
+        lock = resources.enter_context(
             workdir_lock.WorkdirLock(workdir, is_primary=jax.process_index() == 0)
         )
+        workdir_lock.check_layout(workdir)
         stop = resources.enter_context(preemption.StopRequests())
-        return _run(config, workdir, stop, resources, force_resume)
+        return _run(config, workdir, stop, lock, resources, force_resume)
 
 
 def _close_all(*closers) -> None:
@@ -93,7 +101,14 @@ def _write_frozen(workdir: str, step: int, net, state) -> None:
     )
 
 
-def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_resume: bool):
+def _run(
+    config,
+    workdir: str,
+    stop: preemption.StopRequests,
+    lock: workdir_lock.WorkdirLock,
+    resources,
+    force_resume: bool,
+):
     start_time = time.time()
     is_writer = jax.process_index() == 0
     net = from_config.network(config)
@@ -102,6 +117,7 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
     validation.check_batches_fit(
         config, num_train=data.num_train, num_test=data.num_test, data_name=data.name
     )
+    validation.check_schedule_fits(config, num_train=data.num_train)
     schedule = from_config.schedule(config, data.num_train)
     tx = from_config.optimizer(config, schedule)
     mesh = placement.data_mesh()
@@ -124,21 +140,34 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
     # Unwinds last-in first-out: an error closes the writers and waits for the last save.
     resources.callback(lambda: _close_all(checkpointer.close))
     meta_base = {
-        "model": config.model.to_dict(),
+        "model": config.model.to_dict(),  # with the compute dtype of the steps it saved
         "data": config.data.name,
+        # What data the steps were trained on (every input has a fingerprint), and
+        # where it was read from: a resume on other data is refused (resume_rules).
+        "data_fingerprint": data.fingerprint,
+        "data_dir": config.data.get("data_dir") or "",
         "seed": int(config.seed),
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
     }
     restored = checkpointer.restore_latest(state)  # verified; corrupt steps moved aside
+    recorded_fingerprint = None
     if restored is not None:
         state, meta, latest = restored
         if not force_resume:
             resume_rules.check_checkpoint_meta(meta, meta_base, latest)
+        recorded_fingerprint = meta.get("data_fingerprint")
         logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
-    # Only now, with a state that fits, is anything in the workdir written.
+    # Only now, with a state that fits, is anything in the workdir written: config.json
+    # at the first start, a record of what changed at every later one.
     if is_writer:
-        run_outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        resume_rules.record_start(
+            workdir,
+            config,
+            step=int(state.step),
+            forced=force_resume,
+            data_fingerprints=(recorded_fingerprint, data.fingerprint),
+        )
     start_step, total, ends = int(state.step), schedule.total_steps, schedule.phase_ends
     frozen = bool(state.masks_frozen)  # the host's copy: it selects the compiled step
     writer = MetricWriter(workdir, resume_step=start_step, enabled=is_writer)
@@ -188,6 +217,33 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
         logging.warning("%s: stopped after step %d with a checkpoint", stop.signal_name, done)
         return preemption.Preempted(done, stop.signal_name, checkpointer.directory)
 
+    def lock_lost(done: int, reason: str | None) -> workdir_lock.LockLost:
+        """Stops a run whose lock no longer excludes others (see workdir_lock)."""
+        reason = reason or "process 0 lost the workdir lock"
+        blocked = lock.retake() if is_writer else None
+        if distributed.any_process(blocked is not None):
+            # Another run may own the workdir now: write nothing more into it.
+            progress.close()
+            return workdir_lock.LockLost(
+                f"{reason} during the run, and the lock cannot be taken again: {blocked}; "
+                f"this run stopped after step {done} without saving it (its last checkpoint "
+                f"is of step {saved})",
+                resumable=False,
+            )
+        log.flush(done, state.params)
+        if saved != done:
+            save(done)
+        progress.close()
+        writer.close()
+        checkpointer.close()
+        return workdir_lock.LockLost(
+            f"{reason} during the run, so another run could have started in {workdir}; no "
+            f"other run holds it now: this run took the lock again, saved a checkpoint at "
+            f"step {done} and stopped; make sure no other run uses the workdir, then run "
+            "the same command again to resume",
+            resumable=True,
+        )
+
     for step in range(start_step, total):
         # The state, not the step number, says whether the masks are frozen: a run
         # resumed past the end of phase 1 (another schedule, with --force_resume)
@@ -211,6 +267,18 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
         log_now = done % log_every == 0 or phase_end
         eval_now = done % eval_every == 0 or phase_end
         save_now = done % save_every == 0 or phase_end
+        # The lock first (a stat after every step): a run whose .lock was deleted may
+        # share its workdir with another run, and writes nothing more before it knows.
+        # Every process must stop at the same step (the save is collective), and each
+        # sees its signal at a different point of its run-ahead dispatch: with several
+        # processes, they agree at the steps where the host waits anyway.
+        lock_problem = lock.lost()
+        if jax.process_count() > 1:
+            lost = log_now and distributed.any_process(lock_problem is not None)
+        else:
+            lost = lock_problem is not None
+        if lost:
+            raise lock_lost(done, lock_problem)
         if log_now or eval_now:
             log.flush(done, state.params)
         if eval_now:
@@ -219,9 +287,6 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
             final = result if done == total else final
         if save_now:
             save(done)
-        # Every process must stop at the same step (the save is collective), and each
-        # sees its signal at a different point of its run-ahead dispatch: with several
-        # processes, they agree at the steps where the host waits anyway.
         if jax.process_count() > 1:
             stopping = log_now and distributed.any_process(stop.requested)
         else:
@@ -235,6 +300,9 @@ def _run(config, workdir: str, stop: preemption.StopRequests, resources, force_r
     # The last step is saved: a stop from here on only has to skip the outputs, which
     # the same command writes again (it resumes at the last step).
     def honour_stop():
+        lock_problem = lock.lost()
+        if distributed.any_process(lock_problem is not None):
+            raise lock_lost(total, lock_problem)
         if distributed.any_process(stop.requested):
             raise stopped(total)
 

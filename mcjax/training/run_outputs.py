@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import jax
 import numpy as np
 from absl import logging
 
-from mcjax import costs, export, models, prune
+from mcjax import costs, export, models, prune, safe_files
 from mcjax.training.metric_writers import read_records
 
 
@@ -31,11 +30,8 @@ def state_digest(state) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Writes ``obj`` as JSON atomically (a reader never sees half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """Writes ``obj`` as JSON atomically, never through a link (:mod:`mcjax.safe_files`)."""
+    safe_files.write_json(path, obj, indent=1)
 
 
 def connectivity_record(net: models.Network, conn, real, live) -> dict:
@@ -99,6 +95,7 @@ def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_w
         "steps": int(state.step),
         "wall_seconds": round(wall_seconds, 1),
         "state_digest": state_digest(state),
+        "data_fingerprint": data.fingerprint,
     }
     if data.spec.top5:
         summary["test_accuracy_top5"] = final["accuracy_top5"]

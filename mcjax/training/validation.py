@@ -40,14 +40,17 @@ from mcjax.training.config_fields import (
     _is_number,
     _is_sequence,
     _sentence,
+    shown,
 )
 
 __all__ = [
     "DATASETS",
     "MAX_SEED",
+    "MAX_STEPS",
     "NUM_PHASES",
     "ConfigError",
     "check_batches_fit",
+    "check_schedule_fits",
     "validate_config",
 ]
 
@@ -61,6 +64,9 @@ NUM_PHASES = 4
 
 # Seeds that both jax.random.key and numpy accept.
 MAX_SEED = 2**32 - 1
+
+# The most steps a run may take: the step counter (TrainState.step, optax's counts) is int32.
+MAX_STEPS = 2**31 - 1
 
 
 class _Checker(FieldChecker):
@@ -82,8 +88,8 @@ class _Checker(FieldChecker):
             if not _is_number(entry) or not ok(entry):
                 self.problems.append(
                     _sentence(
-                        f"config.{path}[{index}] (phase {index + 1}) is {entry!r} in "
-                        f"{tuple(value)!r}, but it must be {allowed}"
+                        f"config.{path}[{index}] (phase {index + 1}) is {shown(entry)} in "
+                        f"{shown(tuple(value))}, but it must be {allowed}"
                     )
                 )
 
@@ -119,7 +125,9 @@ class _Checker(FieldChecker):
                 except ValueError as error:
                     reason = str(error).rstrip(".")
                     self.problems.append(
-                        _sentence(f"config.model.arch is {name!r}, which is not valid: {reason}")
+                        _sentence(
+                            f"config.model.arch is {shown(name)}, which is not valid: {reason}"
+                        )
                     )
 
         # Types first: the objects compare values, they do not check types.
@@ -333,3 +341,24 @@ def check_batches_fit(config: Any, *, num_train: int, num_test: int, data_name: 
             )
     if problems:
         raise ConfigError(problems)
+
+
+def check_schedule_fits(config: Any, *, num_train: int) -> None:
+    """Refuses ``phase_epochs`` that make more steps than the int32 step counter holds.
+
+    Known once the data set is loaded (the steps per epoch are ``num_train //
+    batch_size``); run after :func:`check_batches_fit`.
+
+    Raises:
+      ConfigError: one sentence with the steps it would take and the most allowed.
+    """
+    steps_per_epoch = num_train // int(config.batch_size)
+    total = sum(float(epochs) * steps_per_epoch for epochs in config.phase_epochs)
+    if not total <= MAX_STEPS:  # also catches inf from 1e308 epochs
+        epochs = tuple(config.phase_epochs)
+        raise ConfigError(
+            f"config.phase_epochs is {shown(epochs)}, which makes {total:.3g} steps at "
+            f"{steps_per_epoch} steps per epoch ({num_train} examples // batch_size "
+            f"{int(config.batch_size)}); a run takes at most {MAX_STEPS} steps (2**31 - 1, "
+            "its step counter is int32): use fewer epochs."
+        )
