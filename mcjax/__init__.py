@@ -3,8 +3,9 @@
 Public API (see each module's docstring):
 
 * :mod:`mcjax.masks`: ``sample``, ``top_k``, ``aggregate`` (straight-through
-  ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``; ``check_connectivity``
-  and the ``checked`` mode (connectivity checks under ``jit`` via checkify);
+  ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``;
+* :mod:`mcjax.checks`: ``check_fan_in``, ``check_connectivity`` (binary, shapes, K per
+  row, where a connectivity enters) and the ``checked`` mode (the same under ``jit``);
 * :mod:`mcjax.blocks`: the bottleneck block and module as pure functions;
 * :mod:`mcjax.models`: ``Network``, ``init``, ``apply``;
 * :mod:`mcjax.connectivity`: which masks a step uses (``step_masks``), by mode and phase,
@@ -28,6 +29,7 @@ Public API (see each module's docstring):
 from mcjax import (
     architectures,
     blocks,
+    checks,
     connectivity,
     costs,
     export,
@@ -55,6 +57,7 @@ __all__ = [
     "apply",
     "architectures",
     "blocks",
+    "checks",
     "connectivity",
     "costs",
     "export",

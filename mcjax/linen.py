@@ -29,18 +29,31 @@ params (``{"params": ..., "connectivity": ...}``): without it, ``learned`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcjax import checks
 from mcjax import connectivity as connectivity_policy
 from mcjax import masks as masks_lib
-from mcjax import models
 from mcjax import prune as prune_lib
-from mcjax.architectures import Architecture, get_architecture
+from mcjax.linen_network import (
+    CONNECTIVITY_COLLECTION,
+    FROZEN,
+    MASKS_STREAM,
+    REAL_RECORD,
+    RECORD,
+    Network,
+    frozen_connectivity,
+    frozen_state,
+    functional_variables,
+    is_frozen_flag,
+    linen_variables,
+    plain,
+    prune_network,
+)
 
 Array = jax.Array
 
@@ -55,48 +68,6 @@ __all__ = [
     "prune",
     "unfreeze",
 ]
-
-MASKS_STREAM = "masks"
-CONNECTIVITY_COLLECTION = "connectivity"
-FROZEN = "frozen"
-RECORD = "masks"  # learned: the K-hot record; random: the draw
-REAL_RECORD = "real_masks"  # real: the real-valued masks when frozen
-
-
-def _check_options(connectivity: str, aggregation: str, mask_init: float) -> None:
-    if connectivity not in models.CONNECTIVITIES:
-        raise ValueError(
-            f"connectivity must be one of {models.CONNECTIVITIES}, got {connectivity!r}"
-        )
-    if aggregation not in models.AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {models.AGGREGATIONS}, got {aggregation!r}")
-    if not 0.0 <= mask_init <= 1.0:
-        raise ValueError(f"mask_init must lie in [0, 1], got {mask_init}")
-
-
-def _check_layer_fan_in(fan_in, connectivity: str) -> None:
-    # C_in is known at the first call; the type and K >= 1 at construction.
-    if fan_in is None:
-        if connectivity != "full":
-            raise TypeError(
-                f"fan_in= (K, the inputs each block reads) is required for connectivity "
-                f"{connectivity!r}; it has no default, as K is a choice of your model"
-            )
-        return
-    masks_lib.check_fan_in(fan_in)
-
-
-def _frozen_state(module: nn.Module, record_name: str, make_record):
-    """``(record, frozen)`` of a learned/real layer: created by ``init``; ``(None,
-    None)`` (not frozen) when applied without the ``"connectivity"`` collection."""
-    col = CONNECTIVITY_COLLECTION
-    if not module.is_initializing() and not (
-        module.has_variable(col, record_name) and module.has_variable(col, FROZEN)
-    ):
-        return None, None
-    record = module.variable(col, record_name, make_record).value
-    frozen = module.variable(col, FROZEN, lambda: jnp.asarray(False)).value
-    return record, frozen
 
 
 class MaskedAggregation(nn.Module):
@@ -121,8 +92,8 @@ class MaskedAggregation(nn.Module):
     mask_init: float = 0.5
 
     def __post_init__(self):
-        _check_options(self.connectivity, self.aggregation, self.mask_init)
-        _check_layer_fan_in(self.fan_in, self.connectivity)
+        checks.check_layer_options(self.connectivity, self.aggregation, self.mask_init)
+        checks.layer_fan_in(self.fan_in, None, self.connectivity)
         super().__post_init__()
 
     @nn.compact
@@ -132,7 +103,7 @@ class MaskedAggregation(nn.Module):
         shape = (self.num_outputs, num_inputs)
         mode = self.connectivity
         if mode != "full":
-            masks_lib.check_fan_in(self.fan_in, num_inputs)
+            checks.check_fan_in(self.fan_in, num_inputs)
         if mode == "full":
             real = forward = jnp.ones(shape, jnp.float32)
         elif mode == "random":
@@ -149,9 +120,9 @@ class MaskedAggregation(nn.Module):
             def placeholder():
                 return masks_lib.top_k(masks, self.fan_in) if mode == "learned" else masks
 
-            record, frozen = _frozen_state(self, record_name, placeholder)
+            record, frozen = frozen_state(self, record_name, placeholder)
             if mode == "learned" and connectivity_policy.concrete_bool(frozen) is not False:
-                masks_lib.check_k_hot(record, self.fan_in, name="the frozen record")
+                checks.check_k_hot(record, self.fan_in, name="the frozen record")
             real, forward = connectivity_policy.layer_masks(
                 mode,
                 masks,
@@ -208,8 +179,8 @@ class MultiBranch(nn.Module):
                     "MultiBranch with one shared input has no mix to choose K inputs for"
                 )
         else:
-            _check_options(self.connectivity, self.aggregation, self.mask_init)
-            _check_layer_fan_in(self.fan_in, self.connectivity)
+            checks.check_layer_options(self.connectivity, self.aggregation, self.mask_init)
+            checks.layer_fan_in(self.fan_in, None, self.connectivity)
         super().__post_init__()
 
     @nn.compact
@@ -244,160 +215,6 @@ class MultiBranch(nn.Module):
         )
 
 
-class Network(nn.Module):
-    """A network of :mod:`mcjax.architectures` as a Linen module: ``images -> logits``.
-
-    Attributes: as :class:`mcjax.models.Network` (``arch`` may be a name, e.g.
-    ``"20,4,8"``; ``fan_in`` defaults to the paper's 4, as there). Its ``params`` and
-    ``batch_stats`` are :func:`mcjax.init`'s: ``init`` draws them from the
-    ``"params"`` rng; training calls need the ``"masks"`` rng (``learned``) and
-    ``mutable=["batch_stats"]``. The collection ``"connectivity"`` holds the frozen
-    record and flag (or ``random``'s draw), see the module docstring. With
-    ``mutable=["intermediates"]`` the masks a pass used are returned under
-    ``intermediates/connectivity`` (``None`` for ``full``).
-    """
-
-    arch: str | Architecture
-    num_classes: int
-    fan_in: int = 4
-    connectivity: str = "learned"
-    aggregation: str = "mean"
-    in_channels: int = 3
-    branch_impl: str = "auto"
-    mask_init: float = 0.5
-    dtype: Any = jnp.float32
-    zero_init_residual: bool = False
-    full_per_branch_bn: bool = False
-
-    def __post_init__(self):
-        if self.connectivity != "full":
-            masks_lib.check_fan_in(self.fan_in)
-        super().__post_init__()
-
-    @property
-    def functional(self) -> models.Network:
-        """The :class:`mcjax.models.Network` this module runs."""
-        arch = get_architecture(self.arch) if isinstance(self.arch, str) else self.arch
-        return models.Network(
-            arch,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            connectivity=self.connectivity,
-            fan_in=self.fan_in,
-            aggregation=self.aggregation,
-            branch_impl=self.branch_impl,
-            mask_init=self.mask_init,
-            dtype=self.dtype,
-            zero_init_residual=self.zero_init_residual,
-            full_per_branch_bn=self.full_per_branch_bn,
-        )
-
-    @classmethod
-    def from_functional(cls, net: models.Network, **kwargs) -> Network:
-        """The Linen module of ``net``; its params are ``mcjax.init(key, net)``'s."""
-        return cls(
-            net.arch,
-            num_classes=net.num_classes,
-            fan_in=net.fan_in,
-            connectivity=net.connectivity,
-            aggregation=net.aggregation,
-            in_channels=net.in_channels,
-            branch_impl=net.branch_impl,
-            mask_init=net.mask_init,
-            dtype=net.dtype,
-            zero_init_residual=net.zero_init_residual,
-            full_per_branch_bn=net.full_per_branch_bn,
-            **kwargs,
-        )
-
-    @nn.compact
-    def __call__(self, images: Array, *, train: bool) -> Array:
-        """``images [N, H, W, in_channels]`` -> float32 logits ``[N, num_classes]``."""
-        net = self.functional
-        initial = None
-        if self.is_initializing():
-            initial = models.init(self.make_rng("params"), net)
-
-        def variable(collection: str, name: str):
-            return self.variable(collection, name, lambda: initial[collection][name]).value
-
-        names = ["stem", "modules", "head"] + (["masks"] if net.has_masks else [])
-        params = {name: variable("params", name) for name in names}
-        batch_stats = {name: variable("batch_stats", name) for name in ("stem", "modules")}
-        mode = net.connectivity
-        if mode == "random":
-            connectivity = self.variable(
-                CONNECTIVITY_COLLECTION, RECORD, lambda: initial["connectivity"]
-            ).value
-        elif mode == "full":
-            connectivity = None
-        else:
-            real = params["masks"]
-            record, frozen = _frozen_state(
-                self,
-                RECORD if mode == "learned" else REAL_RECORD,
-                lambda: (
-                    connectivity_policy.initial_fixed_masks(net, initial)
-                    if mode == "learned"
-                    else real
-                ),
-            )
-            if mode == "learned" and connectivity_policy.concrete_bool(frozen) is not False:
-                masks_lib.check_connectivity(
-                    record, net.arch.mask_shapes, k=net.fan_in, name="the frozen record"
-                )
-            params["masks"], connectivity = connectivity_policy.layer_masks(
-                mode,
-                real,
-                record,
-                frozen,
-                train=train,
-                fan_in=net.fan_in,
-                key=lambda: self.make_rng(MASKS_STREAM),
-            )
-            if train and not self.is_initializing():
-                connectivity_policy.warn_if_outside_unit_interval(real, frozen)
-        # The masks this pass used (the sampled ones, say), for mutable=["intermediates"].
-        self.sow("intermediates", "connectivity", connectivity)
-        logits, new_stats = models.apply(
-            net, params, batch_stats, images, connectivity=connectivity, train=train
-        )
-        if train and not self.is_initializing():
-            for name, value in new_stats.items():
-                self.put_variable("batch_stats", name, value)
-        return logits
-
-
-def _plain(variables) -> dict:
-    return nn.FrozenDict(variables).unfreeze()
-
-
-def functional_variables(variables) -> dict:
-    """A Linen :class:`Network`'s variables as :func:`mcjax.apply` takes them.
-
-    ``{"params", "batch_stats", "connectivity"}`` (``connectivity`` the fixed
-    ``random`` draw or ``None``: :func:`mcjax.init`'s layout), plain dicts. A frozen
-    record is :func:`frozen_connectivity`'s. The reverse is :func:`linen_variables`.
-    """
-    variables = _plain(variables)
-    collection = variables.get(CONNECTIVITY_COLLECTION, {})
-    fixed = None if FROZEN in collection else collection.get(RECORD)
-    return {
-        "params": variables["params"],
-        "batch_stats": variables["batch_stats"],
-        "connectivity": fixed,
-    }
-
-
-def linen_variables(variables: dict) -> dict:
-    """:func:`mcjax.init`'s variables as a Linen :class:`Network` takes them (no frozen
-    record: not frozen; :func:`freeze` adds one)."""
-    result = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    if variables.get("connectivity") is not None:
-        result[CONNECTIVITY_COLLECTION] = {RECORD: variables["connectivity"]}
-    return result
-
-
 def _subtree(tree: dict, path: Sequence[str]) -> dict | None:
     for name in path:
         if not isinstance(tree, dict) or name not in tree:
@@ -428,7 +245,7 @@ def freeze(variables) -> dict:
     forward passes read the record (``variables`` must be applied whole, with the
     ``"connectivity"`` collection that ``init`` made). Needs concrete values.
     """
-    variables = _plain(variables)
+    variables = plain(variables)
     collection = variables.get(CONNECTIVITY_COLLECTION)
     nodes = list(_frozen_nodes(collection)) if collection else []
     if not nodes:
@@ -455,35 +272,10 @@ def freeze(variables) -> dict:
 
 def unfreeze(variables) -> dict:
     """``variables`` with every ``learned``/``real`` layer learning again (a new dict)."""
-    variables = _plain(variables)
+    variables = plain(variables)
     for _, node in _frozen_nodes(variables.get(CONNECTIVITY_COLLECTION, {})):
         node[FROZEN] = jnp.zeros(jnp.shape(node[FROZEN]), jnp.bool_)
     return variables
-
-
-def frozen_connectivity(module: Network, variables) -> Array | None:
-    """The masks of evaluation: the record once frozen, else the top-K of the masks
-    (``learned``) or the masks (``real``); ``random``'s draw; ``None`` (``full``)."""
-    net = module.functional
-    variables = _plain(variables)
-    collection = variables.get(CONNECTIVITY_COLLECTION, {})
-    if net.connectivity == "random":
-        return collection[RECORD]
-    if net.connectivity == "full":
-        return None
-    record = collection.get(RECORD if net.connectivity == "learned" else REAL_RECORD)
-    return connectivity_policy.layer_masks(
-        net.connectivity,
-        variables["params"]["masks"],
-        record,
-        collection.get(FROZEN),
-        train=False,
-        fan_in=net.fan_in,
-    )[1]
-
-
-def _is_frozen_flag(flag) -> bool:
-    return bool(connectivity_policy.concrete_bool(None if flag is None else jnp.all(flag)))
 
 
 def prune(module: nn.Module, variables, *args, **kwargs):
@@ -506,18 +298,8 @@ def prune(module: nn.Module, variables, *args, **kwargs):
     if isinstance(module, Network):
         if args or kwargs:
             raise TypeError("prune(network, variables) takes no example call")
-        net = module.functional
-        functional = functional_variables(variables)
-        collection = _plain(variables).get(CONNECTIVITY_COLLECTION, {})
-        if net.connectivity == "learned" and not _is_frozen_flag(collection.get(FROZEN)):
-            prune_lib.check_top_k_decided(functional["params"]["masks"], net.fan_in)
-        return prune_lib.drop_dead_blocks(
-            net,
-            functional["params"],
-            functional["batch_stats"],
-            frozen_connectivity(module, variables),
-        )
-    return _prune_model(module, _plain(variables), args, kwargs)
+        return prune_network(module, variables)
+    return _prune_model(module, plain(variables), args, kwargs)
 
 
 def _prune_model(module: nn.Module, variables: dict, args, kwargs) -> dict:
@@ -554,7 +336,7 @@ def _prune_model(module: nn.Module, variables: dict, args, kwargs) -> dict:
             used = mix_state[RECORD]
         else:
             frozen = mix_state.get(FROZEN)
-            if mode == "learned" and not _is_frozen_flag(frozen):
+            if mode == "learned" and not is_frozen_flag(frozen):
                 prune_lib.check_top_k_decided(
                     mix_params["masks"], layer.fan_in, where=_where((*path, "mix"))
                 )
@@ -601,15 +383,5 @@ def _prune_model(module: nn.Module, variables: dict, args, kwargs) -> dict:
         mix_state[RECORD if mode == "learned" else REAL_RECORD] = used
         mix_state[FROZEN] = jnp.asarray(True)
     pruned_output = module.apply(new, *args, **kwargs)
-    worst = 0.0
-    for a, b in zip(jax.tree.leaves(pruned_output), jax.tree.leaves(reference), strict=True):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
-        worst = max(worst, float(np.abs(a - b).max(initial=0.0)) / scale)
-    if worst > prune_lib.PRUNED_OUTPUT_RTOL:
-        raise ValueError(
-            f"the pruned model's output differs from the model's on the example call "
-            f"(relative error {worst:.3g}): some branch output is read by something other "
-            "than the next MultiBranch, which prune does not support"
-        )
+    prune_lib.check_pruned_output(pruned_output, reference)
     return new

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mcjax import blocks, layers, masks
+from mcjax import blocks, checks, layers, masks
 from mcjax.architectures import Architecture
 
 Array = jax.Array
@@ -107,7 +107,7 @@ class Network:
         blocks.resolve_branch_impl(self.branch_impl)
         if self.connectivity != "full":
             for shape in self.arch.mask_shapes:
-                masks.check_fan_in(self.fan_in, shape[1])
+                checks.check_fan_in(self.fan_in, shape[1])
         if not 0.0 <= self.mask_init <= 1.0:
             raise ValueError(f"mask_init must lie in [0, 1], got {self.mask_init}")
         if self.num_classes < 1 or self.in_channels < 1:
@@ -218,7 +218,7 @@ def apply(
         training program's choice is :mod:`mcjax.connectivity`): K-hot with
         ``net.fan_in`` ones per row (``real``: the real-valued masks). Shapes are
         checked always; values when concrete, or under ``jit`` in
-        :func:`mcjax.masks.checked` mode. When
+        :func:`mcjax.checks.checked` mode. When
         ``params`` has ``masks``, their gradient is the straight-through one of
         :func:`mcjax.masks.aggregate`.
       train: batch statistics and updated running statistics when True.
@@ -237,8 +237,8 @@ def apply(
         )
     if connectivity is not None:
         # Shapes always (static); values (binary, K ones per row) when concrete or in
-        # mcjax.masks.checked mode, so a jitted step pays nothing.
-        masks.check_connectivity(
+        # mcjax.checks.checked mode, so a jitted step pays nothing.
+        checks.check_connectivity(
             connectivity,
             arch.mask_shapes,
             k=None if net.connectivity == "real" else net.fan_in,

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from mcjax import masks as masks_lib
+from mcjax import checks
 from mcjax.models import Network
 
 __all__ = [
     "PRUNED_OUTPUT_RTOL",
     "PrunedModel",
     "chain_liveness",
+    "check_pruned_output",
     "check_top_k_decided",
     "drop_dead_blocks",
     "live_blocks",
@@ -119,6 +120,30 @@ def chain_liveness(
     return live
 
 
+def check_pruned_output(pruned_output, reference) -> None:
+    """Refuses a pruned model whose output on the example call is not the model's.
+
+    Relative to the largest entry of each output: at most :data:`PRUNED_OUTPUT_RTOL`.
+    A larger difference means a branch is read outside the chain of multi-branch layers.
+    """
+    worst = 0.0
+    for got, expected in zip(
+        jax.tree.leaves(pruned_output), jax.tree.leaves(reference), strict=True
+    ):
+        got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+        if got.shape != expected.shape:
+            worst = float("inf")
+            break
+        scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+        worst = max(worst, float(np.abs(got - expected).max(initial=0.0)) / scale)
+    if worst > PRUNED_OUTPUT_RTOL:
+        raise ValueError(
+            f"the pruned model's output differs from the model's on the example call "
+            f"(relative error {worst:.3g}): some branch output is read by something other "
+            "than the next multi-branch layer, which pruning does not support"
+        )
+
+
 def check_top_k_decided(real_masks, k: int, *, where: str = "the network") -> None:
     """Refuses to take the top-K of masks whose K-th and (K+1)-th largest entries tie.
 
@@ -175,7 +200,7 @@ def drop_dead_blocks(
         return PrunedModel(net, params, batch_stats, None, live)
     # Real-valued masks would prune nothing and a wrong K would surface later as a
     # confusing fan_in error: check what enters (binary, shapes, K ones per row).
-    masks_lib.check_connectivity(
+    checks.check_connectivity(
         connectivity,
         arch.mask_shapes,
         k=net.fan_in if net.connectivity in ("learned", "random") else None,

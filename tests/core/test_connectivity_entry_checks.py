@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import mcjax
-from mcjax import masks, prune
+from mcjax import checks, masks, prune
 from mcjax import nnx as mnnx
 
 K = 2
@@ -66,7 +66,7 @@ def test_checked_mode_catches_a_bad_connectivity_under_jit():
     def logits(params, connectivity):
         return mcjax.apply(net, params, stats, IMAGES, connectivity=connectivity, train=False)[0]
 
-    checked = jax.jit(masks.checked(logits))
+    checked = jax.jit(checks.checked(logits))
     error, _ = checked(params, params["masks"])  # traced: only the checked mode sees it
     with pytest.raises(Exception, match="module 2 is not binary"):
         error.throw()

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-GUIDE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "flax.md"
+GUIDE = pathlib.Path(__file__).resolve().parents[2] / "docs/flax.md"
 
 
 def _python_blocks() -> list[str]:
