@@ -44,6 +44,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mcjax.nnx_variables import Mask
+
 __all__ = [
     "MASKS",
     "WEIGHTS",
@@ -151,12 +153,6 @@ def _path_string(path) -> str:
     return "/".join(str(_key_name(entry)) for entry in path)
 
 
-def _is_mask_type(leaf) -> bool:
-    from mcjax.nnx import Mask  # mcjax.nnx imports this module: import it late
-
-    return isinstance(leaf, Mask)
-
-
 def is_mask(path: tuple, leaf: Any) -> bool:
     """The default :data:`MaskSelector` (the module docstring's rule).
 
@@ -165,7 +161,7 @@ def is_mask(path: tuple, leaf: Any) -> bool:
     ambiguous case, a plain leaf *inside* a subtree named ``masks``.
     """
     if _is_variable(leaf):
-        return _is_mask_type(leaf)
+        return isinstance(leaf, Mask)
     return bool(path) and _key_name(path[-1]) == MASKS
 
 

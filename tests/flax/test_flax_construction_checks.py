@@ -62,7 +62,8 @@ def test_the_generic_layers_have_no_default_fan_in():
     # full reads every input: no K to give.
     mnnx.MultiBranch(_block, 4, num_inputs=4, connectivity="full", rngs=nnx.Rngs(0))
     # The paper's networks default to its K = 4, as mcjax.Network.
-    assert mnnx.Network("20,4,8", num_classes=3, rngs=nnx.Rngs(0)).net.fan_in == 4
+    abstract = nnx.eval_shape(lambda: mnnx.Network("20,4,8", num_classes=3, rngs=nnx.Rngs(0)))
+    assert abstract.net.fan_in == 4
     assert mlinen.Network("20,4,8", num_classes=3).functional.fan_in == 4
 
 
@@ -76,14 +77,30 @@ def test_an_unstacked_batch_is_not_read_as_branches():
         module.init(jax.random.key(0), batch, train=False)
 
 
+def _zeros(shapes):
+    """Concrete variables of these shapes: zeros, and every ``masks`` param at 0.5."""
+
+    def fill(path, leaf):
+        name = getattr(path[-1], "key", None)
+        in_params = getattr(path[0], "key", None) == "params"
+        value = 0.5 if name == "masks" and in_params else 0
+        return jnp.full(leaf.shape, value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def test_pruning_a_network_never_trained_is_refused():
-    model = mnnx.Network("11,2,4", num_classes=3, fan_in=2, rngs=nnx.Rngs(0))
+    # Variables of the init's shapes (no compile), masks all 0.5 as at init.
+    net = mcjax.Network(mcjax.get_architecture("11,2,4"), num_classes=3, fan_in=2)
+    initial = _zeros(jax.eval_shape(lambda: mcjax.init(jax.random.key(0), net)))
+    model = mnnx.Network.from_variables(net, initial)
     with pytest.raises(ValueError, match="tie at the K-th largest entry"):
         model.prune()
     module = mlinen.Network("11,2,4", num_classes=3, fan_in=2)
-    variables = jax.jit(module.init, static_argnames="train")(
-        jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False
+    variables = _zeros(
+        jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False))
     )
+    assert not variables["connectivity"]["frozen"]
     with pytest.raises(ValueError, match="tie at the K-th largest entry"):
         mlinen.prune(module, variables)
     # Freezing chooses explicitly (ties to the lower index): then it prunes.

@@ -156,4 +156,5 @@ def test_linen_frozen_connectivity_holds_under_adamw_and_travels_with_variables(
     at_frozen = jax.tree.map(lambda p: p, params)
     at_frozen["second"]["mix"]["masks"] = NEAR_TIE
     reference = logits(at_frozen, jax.random.key(3), train=False, collections={})
-    np.testing.assert_allclose(first, reference, rtol=1e-6, atol=1e-6)
+    # Two compiled programs: float32 sums in another order, relative to the logits' size.
+    np.testing.assert_allclose(first, reference, rtol=0, atol=1e-5 * float(np.abs(reference).max()))
