@@ -132,7 +132,7 @@ class MaskedAggregation(nn.Module):
                 fan_in=self.fan_in,
                 key=lambda: self.make_rng(MASKS_STREAM),
             )
-            if train and not self.is_initializing():
+            if not self.is_initializing():  # eager applies only (concrete values)
                 connectivity_policy.warn_if_outside_unit_interval(masks, frozen)
         scale = 1.0
         if self.aggregation == "mean":
@@ -258,6 +258,7 @@ def freeze(variables) -> dict:
         if real is None or "masks" not in real:
             raise ValueError(f"no params 'masks' at {_where(path)} for its frozen record")
         real = jnp.asarray(real["masks"])
+        connectivity_policy.warn_if_outside_unit_interval(real)
         if RECORD in node:
             row_sums = np.asarray(node[RECORD]).sum(-1)
             k = int(row_sums.reshape(-1)[0])

@@ -159,7 +159,7 @@ class Network(nn.Module):
                 fan_in=net.fan_in,
                 key=lambda: self.make_rng(MASKS_STREAM),
             )
-            if train and not self.is_initializing():
+            if not self.is_initializing():  # eager applies only (concrete values)
                 connectivity_policy.warn_if_outside_unit_interval(real, frozen)
         # The masks this pass used (the sampled ones, say), for mutable=["intermediates"].
         self.sow("intermediates", "connectivity", connectivity)

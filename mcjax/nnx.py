@@ -138,6 +138,7 @@ class MaskedAggregation(nnx.Module):
                 raise ValueError(f"{self.mode!r} connectivity is fixed: nothing to freeze to")
             return
         real = self.masks[...]
+        connectivity_policy.warn_if_outside_unit_interval(real)
         if connectivity is None:
             record = masks_lib.top_k(real, self.fan_in) if self.mode == "learned" else real
         else:
@@ -181,8 +182,8 @@ class MaskedAggregation(nnx.Module):
             fan_in=self.fan_in,
             key=key_source(self.rngs, rngs),
         )
-        if train:
-            connectivity_policy.warn_if_outside_unit_interval(self.masks[...], frozen)
+        # Eager calls only (concrete values); a jitted loop uses mcjax.optim.check_masks.
+        connectivity_policy.warn_if_outside_unit_interval(self.masks[...], frozen)
         return real, forward
 
     def binary_masks(self, *, rngs=None) -> Array:

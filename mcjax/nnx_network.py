@@ -169,6 +169,7 @@ class Network(nnx.Module):
                 raise ValueError(f"{self.net.connectivity!r} connectivity is fixed already")
             return
         real = self.masks[...]
+        connectivity_policy.warn_if_outside_unit_interval(real)
         if connectivity is None:
             record = connectivity_policy.freeze(self.net, {"masks": real}, real)
         else:
@@ -228,8 +229,7 @@ class Network(nnx.Module):
         real, forward = self._masks(train=train, rngs=rngs)
         if self.net.has_masks:
             params["masks"] = real
-            if train:
-                connectivity_policy.warn_if_outside_unit_interval(self.masks[...], self.frozen[...])
+            connectivity_policy.warn_if_outside_unit_interval(self.masks[...], self.frozen[...])
         logits, new_stats = models.apply(
             self.net,
             params,

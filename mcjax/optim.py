@@ -365,10 +365,11 @@ def check_masks(tree, *, mask_selector: MaskSelector | None = None) -> None:
     """Raises a ``ValueError`` naming the first mask of ``tree`` outside ``[0, 1]``.
 
     ``tree``: an NNX module, an ``nnx.State``, or a parameter tree (masks found as
-    :func:`maskconnect` finds them). Values must be concrete (call it between steps,
-    not under ``jit``). For a loop that cannot use :func:`mcjax.maskconnect`:
-    MaskConnect's masks live in ``[0, 1]``, which only its clipped SGD keeps (the
-    Flax modules also warn once, :class:`mcjax.connectivity.MasksOutsideUnitInterval`).
+    :func:`maskconnect` finds them). Values must be concrete: call it between jitted
+    steps. MaskConnect's masks live in ``[0, 1]``, which only :func:`maskconnect`'s
+    clipped SGD keeps; masks outside mean another optimizer trained them (the Flax
+    modules also warn, once, where they see concrete values:
+    :class:`mcjax.connectivity.MasksOutsideUnitInterval`).
     """
     if isinstance(tree, nnx.Module):
         tree = nnx.state(tree, nnx.Param)

@@ -117,20 +117,27 @@ def _train(model, tx, steps):
     for i in range(steps):
         x = jax.random.normal(jax.random.key(i), (4, 16, 8))
         step(model, optimizer, x, jnp.arange(16) % 2)
-    jax.effects_barrier()
 
 
-def test_a_plain_optax_optimizer_on_mcjax_modules_is_told_when_masks_leave_unit_interval():
+def test_a_plain_optax_optimizer_on_mcjax_modules_is_told_masks_left_unit_interval():
+    # A jitted loop pays nothing: check_masks between steps, eager calls and freeze warn.
     model = _Toy(nnx.Rngs(0))
-    with pytest.warns(UserWarning, match=r"left \[0, 1\].*mcjax.maskconnect"):
-        _train(model, optax.sgd(5.0), steps=10)
-    assert float(model.body.mix.masks[...].min()) < 0 or float(model.body.mix.masks[...].max()) > 1
+    _train(model, optax.sgd(5.0), steps=10)
+    masks = model.body.mix.masks[...]
+    assert float(masks.min()) < 0 or float(masks.max()) > 1
     with pytest.raises(ValueError, match=r"body/mix/masks.*outside"):
         mcjax.optim.check_masks(model)
+    x = jax.random.normal(jax.random.key(0), (4, 16, 8))
+    with pytest.warns(UserWarning, match=r"left \[0, 1\].*mcjax.maskconnect"):
+        model(x)
+    with pytest.warns(UserWarning, match=r"left \[0, 1\].*mcjax.maskconnect"):
+        model.body.freeze()
 
 
 def test_maskconnect_keeps_masks_inside_and_never_warns(recwarn):
     model = _Toy(nnx.Rngs(0))
-    _train(model, mcjax.maskconnect(weight_learning_rate=0.5, mask_learning_rate=5.0), steps=6)
+    _train(model, mcjax.maskconnect(weight_learning_rate=0.5, mask_learning_rate=5.0), steps=10)
     mcjax.optim.check_masks(model)
+    model(jax.random.normal(jax.random.key(0), (4, 16, 8)))
+    model.body.freeze()
     assert not [w for w in recwarn if "left [0, 1]" in str(w.message)]
