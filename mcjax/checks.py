@@ -55,7 +55,7 @@ def check_fan_in(fan_in, num_inputs: int | None = None, *, name: str = "fan_in")
             f"{type(fan_in).__name__} {fan_in!r}"
         ) from None
     if value < 1 or (num_inputs is not None and value > num_inputs):
-        bound = "" if num_inputs is None else f" <= C_in = {num_inputs}"
+        bound = "" if num_inputs is None else f" <= C = {num_inputs}"
         raise ValueError(f"{name} K must satisfy 1 <= K{bound}, got {value}")
     return value
 
