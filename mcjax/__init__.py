@@ -4,17 +4,22 @@ Public API (see each module's docstring):
 
 * :mod:`mcjax.masks`: ``sample``, ``top_k``, ``aggregate`` (straight-through
   ``jax.custom_vjp``), ``random_k_hot``, ``mean_entropy``;
+* :mod:`mcjax.checks`: ``check_fan_in``, ``check_connectivity`` (binary, shapes, K per
+  row, where a connectivity enters) and the ``checked`` mode (the same under ``jit``);
 * :mod:`mcjax.blocks`: the bottleneck block and module as pure functions;
 * :mod:`mcjax.models`: ``Network``, ``init``, ``apply``;
-* :mod:`mcjax.connectivity`: which masks a step uses (``step_masks``), by mode and phase;
+* :mod:`mcjax.connectivity`: which masks a step uses (``step_masks``), by mode and phase,
+  and for a Flax layer whose frozen flag is state (``layer_masks``);
 * :mod:`mcjax.architectures`: ``get_architecture`` for every network of the paper;
-* :mod:`mcjax.optim`: ``maskconnect`` (one ``optax.multi_transform``; masks found at
-  any depth, in dicts, ``FrozenDict``s and ``nnx.State``), ``mask_sgd``, ``weight_sgd``,
-  ``clip_params``, ``is_mask``;
-* :mod:`mcjax.prune`: ``live_blocks``, ``drop_dead_blocks``;
+* :mod:`mcjax.optim`: ``maskconnect`` (any optax optimizer for the weights, clipped SGD
+  for the masks; masks found by type in NNX, by a refused-when-ambiguous name rule in
+  plain trees), ``mask_sgd``, ``weight_sgd``, ``clip_params``, ``is_mask``, ``check_masks``;
+* :mod:`mcjax.prune`: ``live_blocks``, ``drop_dead_blocks``, ``chain_liveness``;
 * :mod:`mcjax.export`: ``save``, ``load``, ``predict`` (the pruned model, jitted);
 * :mod:`mcjax.nnx` and :mod:`mcjax.linen`: Flax modules over this core
-  (``MaskedAggregation``, ``MultiBranch``, ``Network``; NNX's ``Mask`` param type);
+  (``MaskedAggregation``, ``MultiBranch``, ``Network``; NNX's ``Mask``, ``Connectivity``
+  and ``Frozen`` variable types, Linen's ``"connectivity"`` collection; ``prune`` for
+  any model built of ``MultiBranch`` layers; docs/flax.md);
 * :mod:`mcjax.costs`: parameter and FLOP counts;
 * :mod:`mcjax.parallel`: ``make_mesh``, ``data_parallel_train_step`` /
   ``data_parallel_eval_step`` (``jax.shard_map`` over a ``data`` axis, synchronised BN,
@@ -24,6 +29,7 @@ Public API (see each module's docstring):
 from mcjax import (
     architectures,
     blocks,
+    checks,
     connectivity,
     costs,
     export,
@@ -51,6 +57,7 @@ __all__ = [
     "apply",
     "architectures",
     "blocks",
+    "checks",
     "connectivity",
     "costs",
     "export",

@@ -18,13 +18,26 @@ full       none (one stream)           none
 =========  ==========================  ==================================
 
 Every function here is pure; :func:`step_masks` runs inside ``jit``.
+
+**Frozen is state in the Flax modules.** The training program knows on the host
+whether its masks are frozen and compiles one step per case. A Flax model carries its
+frozen flag and the connectivity it froze as variables (:class:`mcjax.nnx.Frozen` and
+:class:`mcjax.nnx.Connectivity`; Linen's collection ``"connectivity"``), so that they
+travel with ``nnx.split``, orbax and Linen's variables; under ``jit`` the flag is a
+traced value. :func:`layer_masks` is the table above for such a flag: the forward of a
+frozen layer reads the recorded connectivity, whatever an optimizer has since done to
+the real-valued masks, and the masks get a zero gradient.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from mcjax import masks, models
 
@@ -35,12 +48,16 @@ __all__ = [
     "REAL",
     "SAMPLED",
     "TOP_K",
+    "MasksOutsideUnitInterval",
+    "concrete_bool",
     "freeze",
     "initial_fixed_masks",
+    "layer_masks",
     "learns_masks",
     "must_freeze",
     "source",
     "step_masks",
+    "warn_if_outside_unit_interval",
 ]
 
 # What a step feeds the network (the answer of :func:`source`).
@@ -140,3 +157,112 @@ def freeze(net: models.Network, params: dict, fixed_masks: Any) -> Any:
     if net.connectivity == "learned":
         return masks.top_k(params["masks"], net.fan_in)
     return fixed_masks
+
+
+def concrete_bool(flag) -> bool | None:
+    """``flag`` as a Python bool when its value is known (not traced), else ``None``.
+
+    ``None`` (a Linen model called without its ``"connectivity"`` collection) is False.
+    """
+    if flag is None:
+        return False
+    if isinstance(flag, jax.core.Tracer):
+        return None
+    return bool(np.asarray(flag))
+
+
+def layer_masks(
+    mode: str,
+    real: jax.Array | None,
+    record: jax.Array | None,
+    frozen,
+    *,
+    train: bool,
+    fan_in: int | None,
+    key: Callable[[], jax.Array] | None = None,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """``(real_for_gradient, forward_masks)`` of one forward of a Flax layer.
+
+    Args:
+      mode: ``learned``, ``real``, ``random`` or ``full``.
+      real: the real-valued masks (``learned``, ``real``), any leading axes.
+      record: the fixed masks: ``random``'s draw, or the connectivity recorded by the
+        last freeze (``learned``: K-hot; ``real``: the real-valued masks then).
+      frozen: whether the masks are frozen: a bool array (concrete or traced) or
+        ``None`` (not frozen).
+      train: sample (``learned``) or take the top-K (evaluation) while not frozen.
+      fan_in: K.
+      key: called for the key of a draw; only when one may be needed (a traced
+        ``frozen`` in training draws, and the recorded masks are chosen by value).
+
+    Returns:
+      ``(None, None)`` for ``full``; ``(None, record)`` for ``random``; for ``learned``
+      and ``real``, the masks to give :func:`mcjax.masks.aggregate` as ``real_masks``
+      (those of the layer, with a zero gradient once frozen) and the forward masks
+      (the record once frozen; else sampled, top-K, or the real-valued masks).
+    """
+    if mode == "full":
+        return None, None
+    if mode == "random":
+        return None, record
+    if mode not in ("learned", "real"):
+        raise ValueError(f"connectivity mode must be one of {models.CONNECTIVITIES}, got {mode!r}")
+
+    def unfrozen():
+        if mode == "real":
+            return real
+        if not train:
+            return masks.top_k(real, fan_in)
+        if key is None:
+            raise ValueError(
+                "drawing masks needs an rng: pass rngs=nnx.Rngs(...) (stream 'masks') at "
+                "construction or in the call (Linen: rngs={'masks': key}); learned "
+                "connectivity draws none in evaluation mode"
+            )
+        return masks.sample(key(), real, fan_in)
+
+    known = concrete_bool(frozen)
+    if known is True:
+        return jax.lax.stop_gradient(real), record
+    if known is False:
+        return real, unfrozen()
+    # Traced: both cases in one program, chosen by the flag's value.
+    frozen = jnp.asarray(frozen, jnp.bool_)
+    forward = jnp.where(frozen, record, unfrozen())
+    return jnp.where(frozen, jax.lax.stop_gradient(real), real), forward
+
+
+class MasksOutsideUnitInterval(UserWarning):
+    """Real-valued masks left ``[0, 1]``: the optimizer is not :func:`mcjax.maskconnect`."""
+
+
+_OUTSIDE_MESSAGE = (
+    "mcjax: real-valued connectivity masks left [0, 1] during training (smallest {low:.3g}, "
+    "largest {high:.3g}): the optimizer is not mcjax.maskconnect, which clips them after "
+    "every step as MaskConnect does; sampling reads negative entries as 0 while "
+    "evaluation takes the top-K of the raw values, so training and evaluation no longer "
+    "use the same connectivity. Use mcjax.maskconnect(weights=<your optax optimizer>) "
+    "(see docs/flax.md)."
+)
+
+
+def warn_if_outside_unit_interval(real, frozen=None) -> None:
+    """Warns (:class:`MasksOutsideUnitInterval`, shown once per process by Python's
+    default filter) when masks that still learn have left ``[0, 1]``.
+
+    Only where the values are concrete: the Flax modules call it in eager forward
+    passes, ``freeze``, ``frozen_connectivity`` and ``prune``. Under ``jit`` it does
+    nothing: looking at the values from the host on every step costs time (a host
+    callback in a ``lax.cond`` measured about 25% of a small model's train step), so a
+    jitted loop calls :func:`mcjax.optim.check_masks` between steps instead.
+    """
+    if isinstance(real, jax.core.Tracer) or isinstance(frozen, jax.core.Tracer):
+        return
+    if frozen is not None and bool(np.all(np.asarray(frozen))):
+        return
+    values = np.asarray(real)
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        warnings.warn(
+            _OUTSIDE_MESSAGE.format(low=low, high=high), MasksOutsideUnitInterval, stacklevel=3
+        )

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mcjax import blocks, layers, masks
+from mcjax import blocks, checks, layers, masks
 from mcjax.architectures import Architecture
 
 Array = jax.Array
@@ -107,10 +107,7 @@ class Network:
         blocks.resolve_branch_impl(self.branch_impl)
         if self.connectivity != "full":
             for shape in self.arch.mask_shapes:
-                if not 1 <= self.fan_in <= shape[1]:
-                    raise ValueError(
-                        f"fan_in K must satisfy 1 <= K <= C = {shape[1]}, got {self.fan_in}"
-                    )
+                checks.check_fan_in(self.fan_in, shape[1])
         if not 0.0 <= self.mask_init <= 1.0:
             raise ValueError(f"mask_init must lie in [0, 1], got {self.mask_init}")
         if self.num_classes < 1 or self.in_channels < 1:
@@ -218,7 +215,10 @@ def apply(
       images: ``[N, H, W, in_channels]``, any float dtype (cast to ``net.dtype``).
       connectivity: ``None`` for ``full``; otherwise the masks of modules
         ``2..L``, as ``[L-1, C, C]`` or a sequence of ``[C_i, C_{i-1}]`` (the
-        training program's choice is :mod:`mcjax.connectivity`). When
+        training program's choice is :mod:`mcjax.connectivity`): K-hot with
+        ``net.fan_in`` ones per row (``real``: the real-valued masks). Shapes are
+        checked always; values when concrete, or under ``jit`` in
+        :func:`mcjax.checks.checked` mode. When
         ``params`` has ``masks``, their gradient is the straight-through one of
         :func:`mcjax.masks.aggregate`.
       train: batch statistics and updated running statistics when True.
@@ -235,8 +235,15 @@ def apply(
             f"connectivity mode {net.connectivity!r} needs "
             + ("connectivity=None" if net.connectivity == "full" else "connectivity masks")
         )
-    if connectivity is not None and len(connectivity) != arch.num_modules - 1:
-        raise ValueError(f"need masks for {arch.num_modules - 1} modules, got {len(connectivity)}")
+    if connectivity is not None:
+        # Shapes always (static); values (binary, K ones per row) when concrete or in
+        # mcjax.checks.checked mode, so a jitted step pays nothing.
+        checks.check_connectivity(
+            connectivity,
+            arch.mask_shapes,
+            k=None if net.connectivity == "real" else net.fan_in,
+            binary=net.connectivity != "real",
+        )
     common = dict(train=train, impl=net.branch_impl, axis_name=axis_name)
     x, stem_stats = _stem(
         net,

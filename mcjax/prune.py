@@ -6,6 +6,9 @@ module ``i`` reads it. Dead blocks and their parameters are removed; the
 function the network computes does not change (in eval mode: in training mode
 the shared projection's batch statistics would see fewer inputs).
 
+The same rule prunes a model of one's own built from ``MultiBranch`` layers
+(:func:`chain_liveness`, used by :func:`mcjax.nnx.prune` and :func:`mcjax.linen.prune`).
+
 Example::
 
     binary = mcjax.masks.top_k(params["masks"], net.fan_in)
@@ -22,9 +25,22 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from mcjax import checks
 from mcjax.models import Network
 
-__all__ = ["PrunedModel", "drop_dead_blocks", "live_blocks"]
+__all__ = [
+    "PRUNED_OUTPUT_RTOL",
+    "PrunedModel",
+    "chain_liveness",
+    "check_pruned_output",
+    "check_top_k_decided",
+    "drop_dead_blocks",
+    "live_blocks",
+]
+
+# The Flax pruners compare the pruned model's output with the model's on an example
+# call: removing blocks multiplied by 0 changes only the order of float32 sums.
+PRUNED_OUTPUT_RTOL = 1e-5
 
 # Module parameters stacked on a leading branch axis; the shortcut is shared.
 _PER_BRANCH = ("conv1", "conv2", "conv3", "bn1", "bn2", "bn3")
@@ -77,6 +93,77 @@ def live_blocks(connectivity: Sequence, last_cardinality: int | None = None) -> 
     return live
 
 
+def chain_liveness(
+    num_branches: Sequence[int],
+    mixes: Sequence[np.ndarray | None],
+    reads_previous: Sequence[bool],
+) -> list[np.ndarray]:
+    """Which branches are live in a chain of multi-branch layers, layer by layer.
+
+    Args:
+      num_branches: ``C`` of each layer, in the order they run.
+      mixes: each layer's ``[C, C_in]`` evaluation connectivity (non-zero: read), or
+        ``None`` for a layer with one shared input.
+      reads_previous: whether layer ``i``'s mix reads the branches of layer ``i-1``.
+
+    Returns:
+      Bool ``[C]`` per layer: the branches of a layer that no later layer reads
+      through its mix (the last, or one whose successor does not read it) are all
+      live; otherwise a branch is live when a live branch of the next layer reads it.
+    """
+    count = len(num_branches)
+    live = [np.ones(c, bool) for c in num_branches]
+    for index in range(count - 2, -1, -1):
+        if reads_previous[index + 1]:
+            mix = np.asarray(mixes[index + 1]) != 0
+            live[index] = mix[live[index + 1]].any(axis=0)
+    return live
+
+
+def check_pruned_output(pruned_output, reference) -> None:
+    """Refuses a pruned model whose output on the example call is not the model's.
+
+    Relative to the largest entry of each output: at most :data:`PRUNED_OUTPUT_RTOL`.
+    A larger difference means a branch is read outside the chain of multi-branch layers.
+    """
+    worst = 0.0
+    for got, expected in zip(
+        jax.tree.leaves(pruned_output), jax.tree.leaves(reference), strict=True
+    ):
+        got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+        if got.shape != expected.shape:
+            worst = float("inf")
+            break
+        scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+        worst = max(worst, float(np.abs(got - expected).max(initial=0.0)) / scale)
+    if worst > PRUNED_OUTPUT_RTOL:
+        raise ValueError(
+            f"the pruned model's output differs from the model's on the example call "
+            f"(relative error {worst:.3g}): some branch output is read by something other "
+            "than the next multi-branch layer, which pruning does not support"
+        )
+
+
+def check_top_k_decided(real_masks, k: int, *, where: str = "the network") -> None:
+    """Refuses to take the top-K of masks whose K-th and (K+1)-th largest entries tie.
+
+    Such a top-K is decided by index, not by training (a network never trained has
+    all its masks equal): pruning by it would silently keep the lowest-index blocks.
+    """
+    values = np.asarray(real_masks, np.float64)
+    if k >= values.shape[-1]:
+        return
+    ordered = -np.sort(-values, axis=-1)
+    ties = np.argwhere(ordered[..., k - 1] == ordered[..., k])
+    if ties.size:
+        row = [int(i) for i in ties[0]]
+        raise ValueError(
+            f"the masks of {where} tie at the K-th largest entry in row {row} (K = {k}), so "
+            "their top-K would be chosen by index, not by training (a network never "
+            "trained?); train the masks, or freeze() first to choose that connectivity"
+        )
+
+
 def _slice_module(tree: dict, keep: np.ndarray) -> dict:
     index = np.flatnonzero(keep)
     return {
@@ -98,7 +185,8 @@ def drop_dead_blocks(
       params, batch_stats: its variables.
       connectivity: the frozen ``[L-1, C, C]`` (or per-module) masks, e.g.
         :func:`mcjax.masks.top_k` of the real-valued masks; ``None`` for ``full``
-        (nothing to prune).
+        (nothing to prune). Checked: binary with ``net.fan_in`` ones per row and the
+        network's shapes (``real`` mode: its real-valued masks, shapes only).
 
     Returns:
       A :class:`PrunedModel` computing the same logits as the unpruned network
@@ -110,9 +198,15 @@ def drop_dead_blocks(
             raise ValueError(f"connectivity mode {net.connectivity!r} needs its masks to prune")
         live = [np.ones(m.cardinality, bool) for m in arch.modules]
         return PrunedModel(net, params, batch_stats, None, live)
+    # Real-valued masks would prune nothing and a wrong K would surface later as a
+    # confusing fan_in error: check what enters (binary, shapes, K ones per row).
+    checks.check_connectivity(
+        connectivity,
+        arch.mask_shapes,
+        k=net.fan_in if net.connectivity in ("learned", "random") else None,
+        binary=net.connectivity != "real",
+    )
     mats = [np.asarray(m) for m in connectivity]
-    if len(mats) != arch.num_modules - 1:
-        raise ValueError(f"need {arch.num_modules - 1} masks, got {len(mats)}")
     live = live_blocks(mats, arch.modules[-1].cardinality)
     new_params = {k: v for k, v in params.items() if k not in ("masks", "modules")}
     new_params["modules"] = [

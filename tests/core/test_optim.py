@@ -231,13 +231,17 @@ def test_nnx_optimizer_trains_masks_as_masks():
     )
 
 
-def test_a_mask_variable_not_named_masks_is_refused():
+def test_a_mask_variable_under_any_name_is_a_mask():
+    # The type decides, in tx.init (variables) and tx.update (plain arrays) alike.
     class Gate(nnx.Module):
         def __init__(self):
             self.gates = mnnx.Mask(jnp.full((2, 2), 0.5))
 
-    with pytest.raises(ValueError, match="not under a key named 'masks'"):
-        nnx.Optimizer(Gate(), _tx(), wrt=nnx.Param)
+    model = Gate()
+    optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, -10.0), nnx.state(model, nnx.Param))
+    optimizer.update(model, grads)
+    np.testing.assert_array_equal(model.gates[...], 1.0)  # clipped mask SGD, no decay
 
 
 def test_user_selector():
