@@ -30,7 +30,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
 
 from mcjax import blocks, costs, models, optim, prune
 from mcjax.architectures import get_architecture
@@ -73,44 +75,12 @@ def _forward_flops(net: models.Network, image_size: int) -> int:
     )["flops_per_image"]
 
 
-def _compiled_peak(compiled) -> dict:
-    """XLA's estimate for one call: arguments + temporaries + outputs - aliased."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return {}
-    peak = (
-        analysis.argument_size_in_bytes
-        + analysis.temp_size_in_bytes
-        + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )
-    return {"peak_mib_compiled": peak / 2**20}
-
-
 def _allocator_peak() -> dict:
     """The allocator's high-water mark of the process so far (GPU/TPU; CPU has none)."""
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" not in stats:
         return {}
     return {"peak_mib_allocator": stats["peak_bytes_in_use"] / 2**20}
-
-
-def _time(fn, args, *, steps: int, warmup: int, carry: bool) -> list[float]:
-    """Seconds of each of ``steps`` synchronised calls; ``carry`` feeds output[0] back."""
-    for _ in range(warmup):
-        out = fn(*args)
-        if carry:
-            args = (out[0], *args[1:])
-    jax.block_until_ready(args)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        out = fn(*args)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-        if carry:
-            args = (out[0], *args[1:])
-    return times
 
 
 def _batch(batch: int, image_size: int, num_classes: int):
@@ -158,11 +128,13 @@ def train_row(
         "batch": batch,
         "impl": blocks.resolve_branch_impl(impl),
         "compile_s": time.perf_counter() - start,
-        **_compiled_peak(compiled),
+        **harness.compiled_peak(compiled),
     }
     if compile_only:
         return row
-    times = _time(compiled, (state, images, labels), steps=steps, warmup=warmup, carry=True)
+    times = harness.time_calls(
+        compiled, (state, images, labels), steps=steps, warmup=warmup, carry=True
+    )
     median = statistics.median(times)
     flops = 3 * _forward_flops(net, image_size) * batch
     return {
@@ -211,7 +183,7 @@ def inference_rows(
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
-        times = _time(compiled, args, steps=steps, warmup=warmup, carry=False)
+        times = harness.time_calls(compiled, args, steps=steps, warmup=warmup, carry=False)
         rows.append(
             {
                 "what": f"inference {name}",
@@ -282,15 +254,12 @@ def torch_rows(
 ) -> list[dict]:
     """The public-form PyTorch ResNeXt (torchvision's for ``resnext*``), each task in its
     fastest setting of {channels_last, contiguous} x ``modes``; ``impl`` names the setting."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch_reference
-
-    torch_reference.configure(device)
+    harness.torch_configure(device)
     rows = []
     for arch in archs:
         for dtype in dtypes:
             for batch in batches:
-                result = torch_reference.benchmark(
+                result = harness.torch_benchmark(
                     arch,
                     batch=batch,
                     steps=steps,
@@ -328,22 +297,6 @@ def torch_rows(
                     }
                 )
     return rows
-
-
-def machine() -> dict:
-    import jaxlib
-
-    device = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "device_count": jax.device_count(),
-    }
 
 
 def _fmt(value, spec: str) -> str:
@@ -426,7 +379,7 @@ def main(argv=None) -> int:
         args.torch_modes = ["eager"]  # torch.compile takes minutes on a small CPU
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
-    record = {"machine": machine(), "args": vars(args), "rows": []}
+    record = {"machine": harness.machine_record(), "args": vars(args), "rows": []}
     rows = record["rows"]
     started = time.perf_counter()
     common = dict(image_size=args.image_size, fan_in=args.fan_in, num_classes=args.num_classes)
