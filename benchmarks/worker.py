@@ -68,7 +68,12 @@ class Server:
 
     def machine(self, request) -> dict:
         """The machine record, with the versions of jax (and torch, if loaded)."""
+        import contextlib
+
         import jax  # noqa: F401  (the record names its version)
+
+        with contextlib.suppress(ImportError):
+            import torch  # noqa: F401
 
         return {"machine": harness.machine_record()}
 
