@@ -510,7 +510,7 @@ def _plan(args) -> list[tuple[str, float]]:
     for cores in args.cores:
         two = len(cores) > 1
         for stage, minutes in EXPECTED_MIN.items():
-            if stage == "formulations" and two:
+            if (stage == "formulations" and two) or stage not in args.stages:
                 continue
             stages.append((f"{_cores_name(cores)}: {stage}", minutes[1 if two else 0]))
     return stages
