@@ -51,7 +51,7 @@ def main():
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--impls", default="loop,grouped,vmap")
+    parser.add_argument("--impls", default="loop,einsum,merged,grouped,vmap")
     parser.add_argument("--connectivities", default="full,learned")  # + full_per_branch_bn
     parser.add_argument("--quick", action="store_true", help="20,4,8, batch 32, 3 steps")
     parser.add_argument("--out", default="benchmarks/branch_impls.json")

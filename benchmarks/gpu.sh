@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The H200 table in at most 8 minutes: mcjax full/learned/random (29,8,8 and 29,64,8, bf16,
-# batch 128 and 256) and resnext50_32x4d at 224 next to the public PyTorch ResNeXt, achieved
-# TFLOP/s against a measured bf16 matmul peak, each backend's branch formulation picked by
-# measurement (benchmarks/gpu_table.py says what each stage does).
+# The H200 table in at most 8 minutes: mcjax full/learned/random (29,64,8 at batch 128) and
+# resnext50_32x4d (224, batch 256) in bfloat16 and float32, next to the public PyTorch ResNeXt,
+# achieved TFLOP/s against a measured bf16 matmul peak, each backend's branch formulation
+# (grouped, merged, loop: mcjax.blocks.FORMULATIONS) picked by measurement per dtype
+# (benchmarks/gpu_table.py says what each stage does).
 #
 #   benchmarks/gpu.sh [--dry-run] [OUT_DIR]
 #

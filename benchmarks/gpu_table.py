@@ -17,17 +17,19 @@ What is measured (``--tiny`` swaps in networks and batches small enough for a CP
 * the bf16 matmul peak, ``8192 x 8192 x 8192`` on random data, through PyTorch and through
   JAX (median of timed products); TFLOP/s of every row are reported against the larger;
 * PyTorch: the public ResNeXt (``benchmarks/torch_reference.py``; torchvision's
-  ``resnext50_32x4d``) in bf16 autocast, train and inference, in both memory layouts eager,
+  ``resnext50_32x4d``) in bf16 autocast and in float32 (timed by ``benchmarks/harness.py``),
+  train and inference, in both memory layouts eager,
   then ``torch.compile`` in the faster layout if time is left; on the CIFAR networks also
   the per-branch formulation (C ordinary convolutions per layer) against the grouped one;
 * mcjax: the train step (``throughput.train_row``: the real ``train_step``, donated state)
-  of ``full``, ``learned`` and ``random`` (K=4) in bf16. Each backend's branch formulation
+  of ``full``, ``learned`` and ``random`` (K=4) in bf16 and float32 (``29,64,8`` at batch
+  128, ``resnext50_32x4d`` at 224 and batch 256). Each backend's branch formulation
   is picked by measurement: at the first batch size every candidate of ``--impls`` is timed
   for ``full`` (shared input) and ``learned`` (per-block inputs), the faster is used for the
   other rows (``random`` takes ``learned``'s). XLA:GPU's grouped-convolution backward has a
   known slow path (jax-ml/jax#13800), so ``grouped`` is not assumed. Order (what a short
-  budget keeps): the picks and ``random`` at the first batch size, ``resnext50_32x4d``
-  ``full`` (grouped), the second batch size, the ImageNet-shape pick's other candidate.
+  budget keeps), per dtype (bfloat16 first): the picks and ``random`` at the first batch
+  size, ``resnext50_32x4d`` ``full`` (grouped, then the CIFAR pick), further batch sizes.
 """
 
 from __future__ import annotations
@@ -44,22 +46,23 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import harness  # noqa: E402
 
 CONNECTIVITIES = ("full", "learned", "random")
 # The H200 table, and a tiny one for a CPU dry run of every code path in a couple of minutes.
 CONFIGS = {
     "h200": {
-        "archs": ["29,8,8", "29,64,8"],
-        "batches": [128, 256],
+        "archs": ["29,64,8"],
+        "batches": [128],
         "image_size": 32,
         "num_classes": 100,
         "resnext": "resnext50_32x4d",
-        "resnext_batches": [128],
+        "resnext_batches": [256],
         "resnext_image_size": 224,
         "steps": 20,
         "warmup": 3,
         "matmul": 8192,
-        "dtype": "bfloat16",
+        "dtypes": ["bfloat16", "float32"],
         "fan_in": 4,  # K of learned and random (the paper's, with C = 8)
         "first_guess_s": 45.0,
     },
@@ -74,7 +77,7 @@ CONFIGS = {
         "steps": 1,
         "warmup": 0,
         "matmul": 512,
-        "dtype": "float32",  # XLA:CPU and PyTorch's CPU autocast are slow in bfloat16
+        "dtypes": ["float32"],  # XLA:CPU and PyTorch's CPU autocast are slow in bfloat16
         "fan_in": 2,
         "first_guess_s": 10.0,
     },
@@ -146,9 +149,8 @@ def torch_matmul_peak(n: int, device: str) -> dict:
 
 def torch_versions(device: str) -> dict:
     import torch
-    import torch_reference
 
-    record = {"kind": "versions", "framework": "torch", **torch_reference.machine_record(device)}
+    record = {"kind": "versions", "framework": "torch", **harness.torch_machine_record(device)}
     with contextlib.suppress(Exception):
         record["nvidia_smi"] = subprocess.run(
             [
@@ -166,39 +168,39 @@ def torch_versions(device: str) -> dict:
 
 def torch_stage(args, config: dict) -> None:
     import torch
-    import torch_reference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_reference.configure(device)
+    harness.torch_configure(device)
     _append(args.out, torch_versions(device))
     peak = torch_matmul_peak(config["matmul"], device)
     _append(args.out, peak)
     _log(f"torch bf16 matmul {peak['n']}^3: {peak['tflops']:.3g} TFLOP/s")
     budget = Budget(args.deadline, config["first_guess_s"] / 3)
-    common = dict(
-        steps=config["steps"], warmup=config["warmup"], device=device, dtype=config["dtype"]
-    )
-    jobs = [
-        (arch, batch, config["image_size"], config["num_classes"], "grouped")
-        for arch in config["archs"]
-        for batch in config["batches"]
-    ]
-    jobs += [
-        (config["resnext"], batch, config["resnext_image_size"], 1000, "grouped")
-        for batch in config["resnext_batches"]
-    ]
+    common = dict(steps=config["steps"], warmup=config["warmup"], device=device)
+    jobs = []
+    for dtype in config["dtypes"]:
+        jobs += [
+            (arch, batch, config["image_size"], config["num_classes"], "grouped", dtype)
+            for arch in config["archs"]
+            for batch in config["batches"]
+        ]
+        jobs += [
+            (config["resnext"], batch, config["resnext_image_size"], 1000, "grouped", dtype)
+            for batch in config["resnext_batches"]
+        ]
     # The formulation pick: the same networks as C ordinary convolutions per layer.
     jobs += [
-        (arch, config["batches"][0], config["image_size"], config["num_classes"], "per_branch")
+        (arch, config["batches"][0], config["image_size"], config["num_classes"], "per_branch",
+         config["dtypes"][0])
         for arch in config["archs"]
-    ]
-    for arch, batch, image_size, num_classes, formulation in jobs:
+    ]  # fmt: skip
+    for arch, batch, image_size, num_classes, formulation, dtype in jobs:
         if not budget.allows(arch):
             _append(args.out, {"kind": "skipped", "what": f"torch {arch} b{batch} {formulation}"})
             continue
         started = time.time()
         try:
-            result = torch_reference.benchmark(
+            result = harness.torch_benchmark(
                 arch,
                 batch=batch,
                 image_size=image_size,
@@ -207,6 +209,7 @@ def torch_stage(args, config: dict) -> None:
                 modes=("eager",),
                 deadline=args.deadline,
                 log=_log,
+                dtype=dtype,
                 **common,
             )
         except Exception as error:  # e.g. out of memory: record it, go on with the next one
@@ -220,10 +223,9 @@ def torch_stage(args, config: dict) -> None:
 def compile_stage(args, config: dict) -> None:
     """``torch.compile`` in each network's faster eager layout, while time is left."""
     import torch
-    import torch_reference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_reference.configure(device)
+    harness.torch_configure(device)
     eager = [r for r in _read(args.out) if r["kind"] == "torch" and r["formulation"] == "grouped"]
     # Every network at its first batch size before any second one.
     first_batch = {}
@@ -241,7 +243,7 @@ def compile_stage(args, config: dict) -> None:
             )
             continue
         started = time.time()
-        result = torch_reference.benchmark(
+        result = harness.torch_benchmark(
             r["arch"],
             batch=r["batch"],
             image_size=r["image_size"],
@@ -317,8 +319,8 @@ def jax_stage(args, config: dict) -> None:
     impls = [i for i in args.impls if i in blocks.BRANCH_IMPLS and i != "auto"]
     budget = Budget(args.deadline, config["first_guess_s"])
 
-    def row(arch, connectivity, batch, impl, *, image_size, num_classes, factor=1.0):
-        key = f"{arch} {connectivity} {impl}"
+    def row(arch, connectivity, batch, impl, dtype, *, image_size, num_classes, factor=1.0):
+        key = f"{arch} {dtype} {connectivity} {impl}"
         if not budget.allows(
             key if key in budget.last else arch, 1.0 if key in budget.last else factor
         ):
@@ -329,7 +331,7 @@ def jax_stage(args, config: dict) -> None:
             result = throughput.train_row(
                 arch,
                 connectivity,
-                config["dtype"],
+                dtype,
                 batch=batch,
                 steps=config["steps"],
                 warmup=config["warmup"],
@@ -354,66 +356,52 @@ def jax_stage(args, config: dict) -> None:
         )
         return result
 
+    def pick(arch, dtype, connectivity, batch, timed) -> str:
+        picked = min(timed, key=timed.get)
+        _append(
+            args.out,
+            {"kind": "pick", "arch": arch, "dtype": dtype, "connectivity": connectivity,
+             "batch": batch, "step_ms": timed, "picked": picked},
+        )  # fmt: skip
+        return picked
+
     cifar = dict(image_size=config["image_size"], num_classes=config["num_classes"])
+    imagenet = dict(image_size=config["resnext_image_size"], num_classes=1000)
     first, rest = config["batches"][0], config["batches"][1:]
-    picks: dict[tuple[str, str], str] = {}
-    for arch in config["archs"]:
-        for connectivity in ("full", "learned"):
+    # Every dtype's picks and ImageNet rows before any second batch size: what a short budget
+    # keeps is the decision and one row of each network.
+    for dtype in config["dtypes"]:
+        picks: dict[tuple[str, str], str] = {}
+        for arch in config["archs"]:
+            for connectivity in ("full", "learned"):
+                timed = {}
+                for impl in impls:
+                    result = row(arch, connectivity, first, impl, dtype, **cifar)
+                    if result is not None:
+                        timed[impl] = result["step_ms"]
+                if timed:
+                    picks[arch, connectivity] = pick(arch, dtype, connectivity, first, timed)
+            if (arch, "learned") in picks:
+                picks[arch, "random"] = picks[arch, "learned"]
+                row(arch, "random", first, picks[arch, "random"], dtype, **cifar)
+        # ImageNet shape, `full` only: the grouped formulation, then the CIFAR pick for `full`
+        # (if it differs), as time allows.
+        for batch in config["resnext_batches"]:
             timed = {}
-            for impl in impls:
-                result = row(arch, connectivity, first, impl, **cifar)
+            last_pick = picks.get((config["archs"][-1], "full"))
+            for impl in dict.fromkeys(["grouped", last_pick or "grouped"]):
+                factor = 4.0 if impl == "loop" else 2.0  # a larger network than the CIFAR ones
+                result = row(config["resnext"], "full", batch, impl, dtype, factor=factor,
+                             **imagenet)  # fmt: skip
                 if result is not None:
                     timed[impl] = result["step_ms"]
             if timed:
-                picks[arch, connectivity] = min(timed, key=timed.get)
-                _append(
-                    args.out,
-                    {
-                        "kind": "pick",
-                        "arch": arch,
-                        "connectivity": connectivity,
-                        "batch": first,
-                        "step_ms": timed,
-                        "picked": picks[arch, connectivity],
-                    },
-                )
-        if (arch, "learned") in picks:
-            picks[arch, "random"] = picks[arch, "learned"]
-            row(arch, "random", first, picks[arch, "random"], **cifar)
-    # ImageNet shape, `full` only, before the second CIFAR batch size: the grouped formulation
-    # now, the CIFAR pick for `full` (if it differs) last, as time allows.
-    imagenet = dict(image_size=config["resnext_image_size"], num_classes=1000)
-    resnext_timed: dict[int, dict[str, float]] = {b: {} for b in config["resnext_batches"]}
-
-    def resnext_rows(impl: str) -> None:
-        for batch in config["resnext_batches"]:
-            factor = 4.0 if impl == "loop" else 2.0  # a larger network than the CIFAR ones
-            result = row(config["resnext"], "full", batch, impl, factor=factor, **imagenet)
-            if result is not None:
-                resnext_timed[batch][impl] = result["step_ms"]
-
-    resnext_rows("grouped")
-    for arch in config["archs"]:
-        for batch in rest:
-            for connectivity in CONNECTIVITIES:
-                if (arch, connectivity) in picks:
-                    row(arch, connectivity, batch, picks[arch, connectivity], **cifar)
-    last_pick = picks.get((config["archs"][-1], "full"))
-    if last_pick and last_pick != "grouped":
-        resnext_rows(last_pick)
-    for batch, timed in resnext_timed.items():
-        if timed:
-            _append(
-                args.out,
-                {
-                    "kind": "pick",
-                    "arch": config["resnext"],
-                    "connectivity": "full",
-                    "batch": batch,
-                    "step_ms": timed,
-                    "picked": min(timed, key=timed.get),
-                },
-            )
+                pick(config["resnext"], dtype, "full", batch, timed)
+        for arch in config["archs"]:
+            for batch in rest:
+                for connectivity in CONNECTIVITIES:
+                    if (arch, connectivity) in picks:
+                        row(arch, connectivity, batch, picks[arch, connectivity], dtype, **cifar)
 
 
 # --- Report ----------------------------------------------------------------------------------
@@ -452,7 +440,7 @@ def report(out: str) -> str:
         if r["kind"] != "torch":
             continue
         entry = torch_best.setdefault(
-            (r["arch"], r["batch"]), {"flops": r["forward_flops"], "settings": []}
+            (r["arch"], r.get("dtype"), r["batch"]), {"flops": r["forward_flops"], "settings": []}
         )
         for s in r["settings"]:
             if "error" in s or "skipped" in s:
@@ -472,7 +460,9 @@ def report(out: str) -> str:
                     entry[f"{task}_first_s"] = s.get(f"{task}_first_s")
 
     mcjax = [r for r in records if r["kind"] == "mcjax"]
-    picks = {(r["arch"], r["connectivity"]): r for r in records if r["kind"] == "pick"}
+    picks = {
+        (r["arch"], r.get("dtype"), r["connectivity"]): r for r in records if r["kind"] == "pick"
+    }
     lines += [
         "",
         "| arch | batch | what | formulation / setting | train img/s | step ms | TFLOP/s "
@@ -480,15 +470,16 @@ def report(out: str) -> str:
         "|" + "---|" * 12,
     ]
     keys = sorted(
-        {(r["arch"], r["batch"]) for r in mcjax} | set(torch_best),
-        key=lambda k: (k[0].startswith("resnext"), k[0], k[1]),
+        {(r["arch"], r.get("dtype"), r["batch"]) for r in mcjax} | set(torch_best),
+        key=lambda k: (k[0].startswith("resnext"), k[0], str(k[1]), k[2]),
     )
-    for arch, batch in keys:
-        base = torch_best.get((arch, batch))
+    for arch, dtype, batch in keys:
+        base = torch_best.get((arch, dtype, batch))
+        label = arch if dtype is None else f"{arch} {dtype}"
         if base and "train_images_per_s" in base:
             tflops = 3 * base["flops"] * base["train_images_per_s"] / 1e12
             lines.append(
-                f"| {arch} | {batch} | PyTorch (public form) | {base['train_setting']} "
+                f"| {label} | {batch} | PyTorch (public form) | {base['train_setting']} "
                 f"| {base['train_images_per_s']:,.0f} | {base['train_ms']:.1f} | {tflops:.3g} "
                 f"| {_fmt(100 * tflops / peak if peak else None, '.1f')} "
                 f"| {_fmt(base.get('train_first_s'), '.1f')} "
@@ -496,12 +487,12 @@ def report(out: str) -> str:
             )
         rows = {}
         for r in mcjax:
-            if (r["arch"], r["batch"]) != (arch, batch):
+            if (r["arch"], r.get("dtype"), r["batch"]) != (arch, dtype, batch):
                 continue
-            picked = picks.get((arch, r["connectivity"]))
+            picked = picks.get((arch, dtype, r["connectivity"]))
             chosen = picked["picked"] if picked else r["impl"]
-            if r["connectivity"] == "random" and (arch, "learned") in picks:
-                chosen = picks[arch, "learned"]["picked"]
+            if r["connectivity"] == "random" and (arch, dtype, "learned") in picks:
+                chosen = picks[arch, dtype, "learned"]["picked"]
             if r["impl"] == chosen or r["connectivity"] not in rows:
                 rows[r["connectivity"]] = r
         full = rows.get("full")
@@ -515,7 +506,7 @@ def report(out: str) -> str:
                 else None
             )
             lines.append(
-                f"| {arch} | {batch} | mcjax {connectivity} | {r['impl']} "
+                f"| {label} | {batch} | mcjax {connectivity} | {r['impl']} "
                 f"| {r['images_per_s']:,.0f} | {r['step_ms']:.1f} | {r['tflops']:.3g} "
                 f"| {_fmt(100 * r['tflops'] / peak if peak else None, '.1f')} "
                 f"| {r['compile_s']:.1f} | | {_fmt(vs_torch, '.2f')} "
@@ -526,10 +517,13 @@ def report(out: str) -> str:
         if r["kind"] == "pick":
             timed = ", ".join(f"{k} {v:.1f}" for k, v in r["step_ms"].items())
             lines.append(
-                f"- mcjax {r['arch']} {r['connectivity']} b{r['batch']}: {timed} -> {r['picked']}"
+                f"- mcjax {r['arch']} {r.get('dtype', '')} {r['connectivity']} b{r['batch']}: "
+                f"{timed} -> {r['picked']}"
             )
-    for (arch, batch), base in torch_best.items():
-        lines.append(f"- PyTorch {arch} b{batch} train img/s: " + "; ".join(base["settings"]))
+    for (arch, dtype, batch), base in torch_best.items():
+        lines.append(
+            f"- PyTorch {arch} {dtype or ''} b{batch} train img/s: " + "; ".join(base["settings"])
+        )
     for r in records:
         if r["kind"] in ("skipped", "error"):
             lines.append(
@@ -544,7 +538,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder of rows.jsonl")
     parser.add_argument("--deadline", type=float, default=None, help="time.time() to stop by")
     parser.add_argument("--tiny", action="store_true", help="small networks: a CPU dry run")
-    parser.add_argument("--impls", nargs="+", default=["grouped", "loop"], help="mcjax candidates")
+    parser.add_argument(
+        "--impls", nargs="+", default=["grouped", "merged", "loop"], help="mcjax candidates"
+    )
     args = parser.parse_args(argv)
     config = CONFIGS["tiny" if args.tiny else "h200"]
     if args.tiny and args.stage == "jax":

@@ -13,19 +13,20 @@ and the median per step is reported, so that a loaded machine slows every varian
 alike; ratios between rows of one run are what to read, not absolute numbers.
 
 ``--profile`` also records a ``jax.profiler`` trace of ``--profile_steps`` steps of
-each row and prints the share of the step spent in each kind of XLA operation
-(convolutions, fusions, dots, copies/transposes, ...) and the top operations.
+each row and prints the time per class of operation (``benchmarks/op_classes.py``: 3x3 and
+1x1 convolutions forward and backward, weight gradients, the mask aggregation, BN
+statistics, elementwise work, layout copies, ...) and the top operations. Timing and
+interleaving are ``benchmarks/harness.py``'s; ``--malloc tuned`` runs under the allocator
+setting of ``harness.tune_malloc``. Variants that need another process (another checkout,
+other XLA flags) are ``benchmarks/cpu_tables.py``'s job.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import functools
-import glob
-import gzip
 import itertools
 import json
 import os
@@ -45,6 +46,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
+import op_classes
 import throughput
 
 from mcjax import masks, optim
@@ -105,74 +108,14 @@ def compiled_step(arch, connectivity, impl, *, batch, image_size, num_classes, f
     return compiled, [state, images, labels], time.perf_counter() - start
 
 
-def _run(entry):
-    compiled, args = entry["compiled"], entry["args"]
-    start = time.perf_counter()
-    state, metrics = compiled(*args)
-    jax.block_until_ready((state, metrics))
-    args[0] = state
-    return time.perf_counter() - start
-
-
-def op_breakdown(trace_dir: str) -> dict[str, float]:
-    """Total microseconds per XLA operation name in the perfetto trace under ``trace_dir``."""
-    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
-    totals: dict[str, float] = collections.defaultdict(float)
-    for path in files:
-        with gzip.open(path) as f:
-            events = json.load(f)
-        events = events.get("traceEvents", events) if isinstance(events, dict) else events
-        for event in events:
-            if event.get("ph") == "X" and "dur" in event:
-                totals[event["name"]] += float(event["dur"])
-    return dict(totals)
-
-
-def _kind(name: str) -> str:
-    lowered = name.lower()
-    for kind in (
-        "convolution",
-        "dot",
-        "copy",
-        "transpose",
-        "reduce",
-        "fusion",
-        "concatenate",
-        "slice",
-        "custom",
-        "while",
-    ):
-        if kind in lowered:
-            return kind
-    return "other"
-
-
-# Trace events of the runtime around the operations (dispatch, argument handling).
-_NOT_OPERATIONS = (
-    "PjitFunction",
-    "PjRt",
-    "CommonPjRt",
-    "Thunk",
-    "$",
-    "jit_",
-    "Execute",
-    "ParseArguments",
-    "Handle inputs",
-)
-
-
 def profile(entry, steps: int) -> dict:
+    """Milliseconds per class of operation and the top operations, per step."""
     with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+        with jax.profiler.trace(tmp):
             for _ in range(steps):
-                _run(entry)
-        totals = op_breakdown(tmp)
-    # Keep operations (XLA thunks), not the enclosing step/executable events.
-    ops = {k: v / steps for k, v in totals.items() if not k.startswith(_NOT_OPERATIONS)}
-    by_kind: dict[str, float] = collections.defaultdict(float)
-    for name, us in ops.items():
-        by_kind[_kind(name)] += us
-    return {"by_kind_ms": {k: v / 1e3 for k, v in by_kind.items()}, "ops_ms": ops}
+                entry["stepper"].step()
+        totals = op_classes.trace_totals(tmp)
+    return op_classes.classify({k: v / steps for k, v in totals.items()}, entry["hlo"])
 
 
 def main(argv=None) -> int:
@@ -195,8 +138,10 @@ def main(argv=None) -> int:
     parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
+    parser.add_argument("--malloc", default="default", choices=harness.MALLOC_SETTINGS)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    harness.apply_malloc(args.malloc)
 
     entries = []
     for connectivity, impl, variant in itertools.product(
@@ -218,23 +163,23 @@ def main(argv=None) -> int:
         entries.append(
             {
                 "name": f"{connectivity}/{impl}/{variant}",
-                "compiled": compiled,
-                "args": step_args,
+                "stepper": harness.Stepper(compiled, step_args, carry=True),
+                "hlo": compiled.as_text(),
                 "compile_s": compile_s,
-                "times": [],
             }
         )
         print(f"compiled {entries[-1]['name']} in {compile_s:.1f} s", flush=True)
-    for _ in range(args.warmup):
-        for entry in entries:
-            _run(entry)
-    for _ in range(args.rounds):
-        for entry in entries:
-            entry["times"].append(_run(entry))
+    load = harness.load_average()
+    times = harness.interleave(
+        {e["name"]: e["stepper"].step for e in entries}, rounds=args.rounds, warmup=args.warmup
+    )
+    for entry in entries:
+        entry["times"] = times[entry["name"]]
     base = statistics.median(entries[0]["times"])
     print(
         f"\n{args.arch}, batch {args.batch}, {args.dtype}, median of {args.rounds} "
-        f"interleaved rounds (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
+        f"interleaved rounds (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, malloc "
+        f"{harness.malloc_setting()}, load average {load:.2f} before the rounds)"
     )
     print(f"{'step':<40}{'ms':>9}{'img/s':>9}{'vs first':>10}{'compile s':>11}")
     for entry in entries:
@@ -248,19 +193,18 @@ def main(argv=None) -> int:
         for entry in entries:
             result = profile(entry, args.profile_steps)
             entry["profile"] = result
-            total = sum(result["by_kind_ms"].values())
+            total = result["total_ms"]
             print(f"\n{entry['name']}: {total:.1f} ms of XLA operations per step")
-            for kind, ms in sorted(result["by_kind_ms"].items(), key=lambda kv: -kv[1]):
-                print(f"  {kind:<14}{ms:>9.1f} ms {100 * ms / total:>5.1f}%")
-            top = sorted(result["ops_ms"].items(), key=lambda kv: -kv[1])[: args.top]
-            for name, us in top:
-                print(f"    {us / 1e3:>8.2f} ms  {name}")
+            for kind, ms in sorted(result["class_ms"].items(), key=lambda kv: -kv[1]):
+                if ms > 0:
+                    print(f"  {kind:<56}{ms:>9.1f} ms {100 * ms / total:>5.1f}%")
+            for row in result["top"][: args.top]:
+                print(f"    {row['ms']:>8.2f} ms  {row['name']:<36} {row['class']}")
     if args.out:
         with open(args.out, "w") as f:
-            record = [
-                {k: v for k, v in e.items() if k not in ("compiled", "args")} for e in entries
-            ]
-            json.dump({"args": vars(args), "rows": record}, f, indent=1)
+            record = [{k: v for k, v in e.items() if k not in ("stepper", "hlo")} for e in entries]
+            machine = harness.machine_record()
+            json.dump({"machine": machine, "args": vars(args), "rows": record}, f, indent=1)
     return 0
 
 

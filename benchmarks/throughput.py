@@ -10,8 +10,9 @@ sampled and learned; ``random``: a fixed K-hot connectivity; on request
 ``full_per_branch_bn``, the ablation with the masked modes' parameters) x compute
 dtype (``float32``; ``bfloat16`` compute with float32 parameters and optimizer state) x batch, the
 real training step (:func:`mcjax.training.steps.train_step`, donated state) is compiled
-ahead of time, run ``--warmup`` times, then ``--steps`` fully synchronised steps
-are timed and the median reported: images/s, compile seconds, achieved TFLOP/s
+ahead of time; the connectivities of one (architecture, dtype, batch) are then timed
+interleaved (``benchmarks/harness.py``: ``--warmup`` rounds, then ``--steps`` rounds of one
+synchronised step of each) and the median reported: images/s, compile seconds, achieved TFLOP/s
 (3 x the forward FLOPs of :mod:`mcjax.costs`), the wall time the paper's 320-epoch
 CIFAR schedule would take at that speed, and the compiler's peak-memory
 estimate (arguments + temporaries + outputs - aliased; on GPU also the allocator's
@@ -21,7 +22,9 @@ FLOPs ratio. ``--torch`` adds rows of the public PyTorch ResNeXt next to ``full`
 (``benchmarks/torch_reference.py``: the CIFAR form, torchvision's ``resnext*``), each in
 its fastest setting of memory layout x ``--torch_modes``.
 
-Prints Markdown tables and writes JSON (``--out``) with a record of the machine.
+``--malloc tuned`` runs under ``harness.tune_malloc`` (the allocator keeps freed memory
+mapped). Prints Markdown tables and writes JSON (``--out``) with a record of the machine
+(including the allocator setting and the load average before each group of rows).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +40,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
 
 from mcjax import blocks, costs, models, optim, prune
 from mcjax.architectures import get_architecture
@@ -73,20 +78,6 @@ def _forward_flops(net: models.Network, image_size: int) -> int:
     )["flops_per_image"]
 
 
-def _compiled_peak(compiled) -> dict:
-    """XLA's estimate for one call: arguments + temporaries + outputs - aliased."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return {}
-    peak = (
-        analysis.argument_size_in_bytes
-        + analysis.temp_size_in_bytes
-        + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )
-    return {"peak_mib_compiled": peak / 2**20}
-
-
 def _allocator_peak() -> dict:
     """The allocator's high-water mark of the process so far (GPU/TPU; CPU has none)."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -95,45 +86,25 @@ def _allocator_peak() -> dict:
     return {"peak_mib_allocator": stats["peak_bytes_in_use"] / 2**20}
 
 
-def _time(fn, args, *, steps: int, warmup: int, carry: bool) -> list[float]:
-    """Seconds of each of ``steps`` synchronised calls; ``carry`` feeds output[0] back."""
-    for _ in range(warmup):
-        out = fn(*args)
-        if carry:
-            args = (out[0], *args[1:])
-    jax.block_until_ready(args)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        out = fn(*args)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-        if carry:
-            args = (out[0], *args[1:])
-    return times
-
-
 def _batch(batch: int, image_size: int, num_classes: int):
     images = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3))
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
     return images, labels
 
 
-def train_row(
+def build_train_row(
     arch: str,
     connectivity: str,
     dtype: str,
     *,
     batch: int,
-    steps: int,
-    warmup: int,
     image_size: int,
     fan_in: int,
     num_classes: int,
     impl: str = "auto",
-    compile_only: bool = False,
-) -> dict:
-    """One row: the train step of ``arch`` in ``connectivity`` mode and compute ``dtype``."""
+) -> tuple[dict, harness.Stepper]:
+    """The compiled train step of ``arch`` in ``connectivity`` mode and compute ``dtype``:
+    its row (compile time, peak memory) and a :class:`harness.Stepper` that runs it."""
     net = _network(arch, connectivity, dtype, fan_in, num_classes, impl)
     tx = optim.maskconnect(weight_learning_rate=0.1, mask_learning_rate=0.2, weight_decay=5e-4)
     state = jax.jit(training_steps.create_state, static_argnums=(0, 1))(net, tx, jax.random.key(0))
@@ -158,23 +129,64 @@ def train_row(
         "batch": batch,
         "impl": blocks.resolve_branch_impl(impl),
         "compile_s": time.perf_counter() - start,
-        **_compiled_peak(compiled),
+        "train_flops": 3 * _forward_flops(net, image_size) * batch,
+        **harness.compiled_peak(compiled),
     }
-    if compile_only:
-        return row
-    times = _time(compiled, (state, images, labels), steps=steps, warmup=warmup, carry=True)
+    return row, harness.Stepper(compiled, (state, images, labels), carry=True)
+
+
+def _timed_row(row: dict, times: list[float]) -> dict:
     median = statistics.median(times)
-    flops = 3 * _forward_flops(net, image_size) * batch
     return {
         **row,
-        "images_per_s": batch / median,
+        "images_per_s": row["batch"] / median,
         "step_ms": 1000 * median,
-        "tflops": flops / median / 1e12,
+        "tflops": row["train_flops"] / median / 1e12,
         # The paper's CIFAR schedule: 120 + 100 + 50 + 50 epochs of 50,000 images.
-        "hours_320_epochs": 320 * 50_000 / (batch / median) / 3600,
+        "hours_320_epochs": 320 * 50_000 / (row["batch"] / median) / 3600,
         "step_s": times,
         **_allocator_peak(),
     }
+
+
+def train_row(
+    arch: str,
+    connectivity: str,
+    dtype: str,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    image_size: int,
+    fan_in: int,
+    num_classes: int,
+    impl: str = "auto",
+    compile_only: bool = False,
+) -> dict:
+    """One row, timed alone: ``warmup`` untimed steps, then the median of ``steps``."""
+    row, stepper = build_train_row(
+        arch, connectivity, dtype, batch=batch, image_size=image_size, fan_in=fan_in,
+        num_classes=num_classes, impl=impl,
+    )  # fmt: skip
+    if compile_only:
+        return row
+    for _ in range(warmup):
+        stepper.step()
+    return _timed_row(row, [stepper.step() for _ in range(steps)])
+
+
+def train_rows(
+    arch: str, connectivities, dtype: str, *, steps: int, warmup: int, **spec
+) -> list[dict]:
+    """The rows of ``connectivities`` timed **interleaved** (one step of each per round,
+    ``harness.interleave``), so that their ratios do not depend on when each ran: timed one
+    after the other, a machine whose speed drifts between rows moves the ratios (a 27%
+    disagreement with an interleaved timing of the same steps was seen that way)."""
+    built = {c: build_train_row(arch, c, dtype, **spec) for c in connectivities}
+    times = harness.interleave(
+        {c: stepper.step for c, (_, stepper) in built.items()}, rounds=steps, warmup=warmup
+    )
+    return [_timed_row(row, times[c]) for c, (row, _) in built.items()]
 
 
 def inference_rows(
@@ -211,7 +223,7 @@ def inference_rows(
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
-        times = _time(compiled, args, steps=steps, warmup=warmup, carry=False)
+        times = harness.time_calls(compiled, args, steps=steps, warmup=warmup, carry=False)
         rows.append(
             {
                 "what": f"inference {name}",
@@ -282,15 +294,12 @@ def torch_rows(
 ) -> list[dict]:
     """The public-form PyTorch ResNeXt (torchvision's for ``resnext*``), each task in its
     fastest setting of {channels_last, contiguous} x ``modes``; ``impl`` names the setting."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch_reference
-
-    torch_reference.configure(device)
+    harness.torch_configure(device)
     rows = []
     for arch in archs:
         for dtype in dtypes:
             for batch in batches:
-                result = torch_reference.benchmark(
+                result = harness.torch_benchmark(
                     arch,
                     batch=batch,
                     steps=steps,
@@ -328,22 +337,6 @@ def torch_rows(
                     }
                 )
     return rows
-
-
-def machine() -> dict:
-    import jaxlib
-
-    device = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "device_count": jax.device_count(),
-    }
 
 
 def _fmt(value, spec: str) -> str:
@@ -418,7 +411,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no_inference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few minutes on a small CPU")
     parser.add_argument("--out", default="benchmarks/throughput.json")
+    parser.add_argument("--malloc", default="default", choices=harness.MALLOC_SETTINGS)
     args = parser.parse_args(argv)
+    harness.apply_malloc(args.malloc)  # before JAX starts its threads
     if args.quick:
         args.arch, args.batch, args.steps, args.warmup = ["20,4,8"], [64], 3, 1
         args.compile_only = args.compile_only or ["29,64,8"]
@@ -426,26 +421,25 @@ def main(argv=None) -> int:
         args.torch_modes = ["eager"]  # torch.compile takes minutes on a small CPU
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
-    record = {"machine": machine(), "args": vars(args), "rows": []}
+    record = {"machine": harness.machine_record(), "args": vars(args), "rows": []}
     rows = record["rows"]
     started = time.perf_counter()
     common = dict(image_size=args.image_size, fan_in=args.fan_in, num_classes=args.num_classes)
     for arch in args.arch:
         for dtype in args.dtype:
             for batch in args.batch:
-                for connectivity in args.connectivity:
-                    rows.append(
-                        train_row(
-                            arch,
-                            connectivity,
-                            dtype,
-                            batch=batch,
-                            steps=args.steps,
-                            warmup=args.warmup,
-                            impl=args.impl,
-                            **common,
-                        )
-                    )
+                load = harness.load_average()
+                for row in train_rows(
+                    arch,
+                    args.connectivity,
+                    dtype,
+                    batch=batch,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    impl=args.impl,
+                    **common,
+                ):
+                    rows.append({**row, "load_average": load})
                     _progress(rows[-1], started)
             if not args.no_inference:
                 rows += inference_rows(

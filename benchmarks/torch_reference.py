@@ -1,4 +1,4 @@
-r"""PyTorch baselines for mcjax: ResNeXt in its public form, ported weights, and their timing.
+r"""The public PyTorch ResNeXt that mcjax is compared with: its tables, costs, model and port.
 
 The CIFAR networks ``"D,w,C"`` are the standard public CIFAR ResNeXt (Xie et al. 2017, and the
 PyTorch ports users run), built with mcjax's widths and stem (``mcjax.architectures``)::
@@ -13,8 +13,8 @@ PyTorch ports users run), built with mcjax's widths and stem (``mcjax.architectu
 
 Module and parameter names follow ``torchvision.models.ResNet`` (``conv1``, ``bn1``,
 ``layer{i}.{j}.conv1..bn3``, ``downsample``, ``fc``), so for ``"resnext50_32x4d"`` this network
-and ``torchvision.models.resnext50_32x4d`` share one state_dict (``--check`` loads one into the
-other and compares logits). The timed ImageNet-shape baseline is torchvision's model itself.
+and ``torchvision.models.resnext50_32x4d`` share one state_dict. The timed ImageNet-shape
+baseline is torchvision's model itself (:func:`baseline_model`).
 
 Equivalently, per branch ``j = 1..C`` (what :func:`ResNeXt` computes with
 ``formulation="per_branch"``): ``h_j = ReLU(BN2_j(conv3x3_j(ReLU(BN1_j(conv1x1_j(x))))))`` and
@@ -24,44 +24,29 @@ parameters (``conv1 [C,1,1,c_in,b]``, ``conv2 [C,3,3,b,b]``, ``bn1``/``bn2`` ``[
 network (channels branch-major: channel ``j*b + k`` is channel ``k`` of branch ``j``). The two
 compute the same logits in eval mode and in train mode (batch statistics); their running
 statistics differ slightly after a train step (PyTorch keeps the unbiased batch variance,
-mcjax the biased one)::
+mcjax the biased one).
 
-    python benchmarks/torch_reference.py --check     # needs jax + mcjax; exits 1 on any mismatch
-    python benchmarks/torch_reference.py --arch 29,8,8 --batch 32 --steps 5
-    python benchmarks/torch_reference.py --arch resnext50_32x4d --device cuda --dtype bfloat16 \
-        --batch 128 --out torch.json
+This module is the reference itself, what the tests import:
 
-Timing (:func:`benchmark`): PyTorch in its fastest ordinary setting on the machine. Every
-setting in ``layouts x modes`` (``channels_last`` / ``contiguous`` memory, ``eager`` /
-``torch.compile``; a setting that fails to compile is recorded, not fatal) is timed, and each of
-training and inference reports its fastest setting. CPU threads: all the machine's cores
-(``--threads``). A training step is forward, cross-entropy, backward and ``torch.optim.SGD``
-(lr 0.1, momentum 0.9, weight decay 5e-4 on every parameter; ``fused`` on CUDA), the update of
-``mcjax.optim.weight_sgd``. One first step is timed alone (``train_first_s``: compilation under
-``torch.compile``, cuDNN's algorithm search on CUDA), ``--warmup`` steps run untimed, then
-``--steps`` steps are timed one by one, each synchronised, and the median is reported.
-Inference (``eval()``, ``torch.inference_mode``) is timed the same way. ``bfloat16`` runs
-under ``torch.autocast`` with float32 parameters, as mcjax's ``dtype=bfloat16``.
+* the architecture tables (:func:`architecture`, mirroring ``mcjax.architectures`` without
+  importing jax) and the costs counted by hand (:func:`expected_params`,
+  :func:`forward_flops`);
+* the model (:class:`ResNeXt`, :func:`build_model`, torchvision's :func:`baseline_model`);
+* the port of mcjax ``full`` variables (:func:`port_mcjax_full`) and the comparisons that
+  check it (:func:`relative_error`, :func:`ported_logits`, :func:`agreed_layout_logits`, ...).
 
-Only ``--check`` imports jax and mcjax; everything else needs PyTorch (and torchvision for the
-ImageNet-shape baseline) alone.
+Timing it is ``benchmarks/harness.py``'s job (``torch_benchmark``), checking it
+``benchmarks/torch_checks.py``'s (``python benchmarks/torch_checks.py --check``). Everything
+here but :func:`agreed_layout_logits` (jax and ``mcjax.layers``) needs PyTorch alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
-import json
-import os
-import platform
 import re
-import resource
-import statistics
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -69,16 +54,21 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "TOLERANCE",
     "TORCHVISION_PARAMS",
     "ModuleSpec",
     "ResNeXt",
+    "agreed_layout_logits",
     "architecture",
-    "benchmark",
+    "baseline_model",
     "build_model",
     "count_params",
     "expected_params",
+    "flop_count",
     "forward_flops",
     "port_mcjax_full",
+    "ported_logits",
+    "relative_error",
 ]
 
 # mcjax.layers: running = 0.9 * running + 0.1 * batch; PyTorch's momentum is the other weight.
@@ -86,8 +76,6 @@ BN_MOMENTUM = 0.1
 BN_EPSILON = 1e-5
 STEMS = ("cifar", "cifar_maxpool", "imagenet")
 FORMULATIONS = ("grouped", "per_branch")
-LAYOUTS = ("channels_last", "contiguous")
-MODES = ("eager", "compile")
 _IMAGENET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # The anchor of the ImageNet-shape baseline: torchvision's documented parameter count.
 TORCHVISION_PARAMS = {"resnext50_32x4d": 25_028_904}
@@ -524,256 +512,7 @@ def port_mcjax_full(
     return state
 
 
-# --- Timing --------------------------------------------------------------------------------
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
-def _peak_memory_mib(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
-    # Process-wide and never reset: the largest so far in this process.
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
-    return maxrss / scale, "process max RSS"
-
-
-def _optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    # mcjax.optim.weight_sgd: decay added to the gradient before momentum, on every parameter.
-    kwargs = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False)
-    if device.type == "cuda":
-        with contextlib.suppress(TypeError, RuntimeError):
-            return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
-    return torch.optim.SGD(model.parameters(), **kwargs)
-
-
-def time_setting(
-    arch: str,
-    *,
-    layout: str,
-    mode: str,
-    batch: int,
-    steps: int,
-    warmup: int,
-    image_size: int,
-    num_classes: int,
-    device: torch.device,
-    dtype: str,
-    formulation: str = "grouped",
-    train: bool = True,
-    infer: bool = True,
-) -> dict:
-    """Times one setting (memory layout x eager/compile) of the baseline model of ``arch``."""
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    model, source = baseline_model(arch, num_classes, formulation=formulation)
-    model = model.to(device, memory_format=memory_format)
-    images = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(
-        memory_format=memory_format
-    )
-    labels = torch.randint(0, num_classes, (batch,), device=device)
-    optimizer = _optimizer(model, device)
-    forward = torch.compile(model) if mode == "compile" else model
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if dtype == "bfloat16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    losses: list[torch.Tensor] = []
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = F.cross_entropy(forward(images), labels)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-
-    def infer_step() -> None:
-        with torch.inference_mode(), autocast():
-            forward(images)
-
-    row = {"layout": layout, "mode": mode, "source": source, "params": count_params(model)}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if train:
-        model.train()
-        row["train_first_s"] = _timed(train_step, device)
-        for _ in range(warmup):
-            train_step()
-        times = [_timed(train_step, device) for _ in range(steps)]
-        row["train_ms_all"] = [1000 * t for t in times]
-        row["train_ms"] = 1000 * statistics.median(times)
-        row["train_images_per_s"] = batch / statistics.median(times)
-        row["final_loss"] = float(losses[-1])
-        row["peak_memory_mib"], row["peak_memory_kind"] = _peak_memory_mib(device)
-    if infer:
-        model.eval()
-        row["infer_first_s"] = _timed(infer_step, device)
-        for _ in range(warmup):
-            infer_step()
-        times = [_timed(infer_step, device) for _ in range(steps)]
-        row["infer_ms_all"] = [1000 * t for t in times]
-        row["infer_ms"] = 1000 * statistics.median(times)
-        row["infer_images_per_s"] = batch / statistics.median(times)
-    return row
-
-
-def benchmark(
-    arch: str,
-    *,
-    batch: int,
-    steps: int,
-    warmup: int,
-    image_size: int | None = None,
-    num_classes: int | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    layouts: Sequence[str] = LAYOUTS,
-    modes: Sequence[str] = MODES,
-    formulation: str = "grouped",
-    train: bool = True,
-    infer: bool = True,
-    deadline: float | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Times every setting in ``layouts x modes`` and reports the fastest for each task.
-
-    A setting whose compilation or run raises is recorded with its ``error``; settings not
-    started before ``deadline`` (a ``time.time()`` value) are recorded as ``skipped``.
-
-    Returns:
-      ``{"arch", ..., "settings": [per-setting rows], "train_images_per_s", "train_ms",
-      "train_setting", "infer_images_per_s", "infer_ms", "infer_setting", "forward_flops"}``,
-      the two best taken over the settings that ran.
-    """
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    if steps < 1 or warmup < 0 or batch < 1:
-        raise ValueError("need steps >= 1, warmup >= 0, batch >= 1")
-    for name, values, allowed in (("layouts", layouts, LAYOUTS), ("modes", modes, MODES)):
-        if not values or set(values) - set(allowed):
-            raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {values}")
-    dev = torch.device(device)
-    num_classes = default_num_classes(arch) if num_classes is None else num_classes
-    image_size = default_image_size(arch) if image_size is None else image_size
-    result = {
-        "arch": arch,
-        "framework": "torch",
-        "device": str(dev),
-        "dtype": dtype,
-        "batch": batch,
-        "image_size": image_size,
-        "num_classes": num_classes,
-        "formulation": formulation,
-        "threads": torch.get_num_threads(),
-        "steps": steps,
-        "warmup": warmup,
-        "forward_flops": forward_flops(arch, image_size=image_size, num_classes=num_classes),
-        "settings": [],
-    }
-    for mode in modes:
-        for layout in layouts:
-            name = f"{layout}+{mode}"
-            if deadline is not None and time.time() > deadline:
-                result["settings"].append({"layout": layout, "mode": mode, "skipped": "deadline"})
-                continue
-            try:
-                row = time_setting(
-                    arch,
-                    layout=layout,
-                    mode=mode,
-                    batch=batch,
-                    steps=steps,
-                    warmup=warmup,
-                    image_size=image_size,
-                    num_classes=num_classes,
-                    device=dev,
-                    dtype=dtype,
-                    formulation=formulation,
-                    train=train,
-                    infer=infer,
-                )
-            except Exception as error:  # a backend that cannot compile this model, say
-                if mode == "eager":
-                    raise
-                message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                row = {"layout": layout, "mode": mode, "error": message}
-            result["settings"].append(row)
-            if log is not None:
-                log(_setting_line(arch, dtype, batch, name, row))
-    for task in ("train", "infer"):
-        ran = [r for r in result["settings"] if f"{task}_images_per_s" in r]
-        if ran:
-            best = max(ran, key=lambda r, task=task: r[f"{task}_images_per_s"])
-            result[f"{task}_images_per_s"] = best[f"{task}_images_per_s"]
-            result[f"{task}_ms"] = best[f"{task}_ms"]
-            result[f"{task}_setting"] = f"{best['layout']}+{best['mode']}"
-            result["source"] = best["source"]
-            result["params"] = best["params"]
-            if task == "train":
-                result["peak_memory_mib"] = best["peak_memory_mib"]
-                result["peak_memory_kind"] = best["peak_memory_kind"]
-    return result
-
-
-def _setting_line(arch: str, dtype: str, batch: int, name: str, row: dict) -> str:
-    if "error" in row or "skipped" in row:
-        return f"  {arch} {dtype} b{batch} {name}: {row.get('error', row.get('skipped'))}"
-    parts = [f"  {arch} {dtype} b{batch} {name}:"]
-    if "train_images_per_s" in row:
-        parts.append(f"train {row['train_images_per_s']:.1f} img/s")
-        parts.append(f"(first step {row['train_first_s']:.1f} s)")
-    if "infer_images_per_s" in row:
-        parts.append(f"infer {row['infer_images_per_s']:.1f} img/s")
-    return " ".join(parts)
-
-
-def machine_record(device: str = "cpu") -> dict:
-    record = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda_device": None,
-    }
-    with contextlib.suppress(ImportError):
-        import torchvision
-
-        record["torchvision"] = torchvision.__version__
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        record["cuda_device"] = torch.cuda.get_device_name(torch.device(device).index or 0)
-        record["cuda"] = torch.version.cuda
-        record["cudnn"] = torch.backends.cudnn.version()
-    return record
-
-
-def configure(device: str, *, threads: int | None = None, tf32: bool = True) -> None:
-    """Threads (default: every core of the machine) and, on CUDA, cuDNN autotuning and TF32."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    if torch.device(device).type == "cuda":
-        # XLA autotunes convolution algorithms when it compiles; this is eager PyTorch's
-        # equivalent, paid in the first step.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
-# --- Checks ----------------------------------------------------------------------------------
+# --- Comparisons (what the checks and the tests use) ------------------------------------------
 
 
 def relative_error(got, expected) -> float:
@@ -827,152 +566,6 @@ def flop_count(model: nn.Module, image_size: int) -> int:
     with counter, torch.no_grad():
         meta(torch.empty(1, 3, image_size, image_size, device="meta"))
     return int(counter.get_total_flops())
-
-
-def paper_param_anchors() -> dict[str, tuple[int, float]]:
-    """Published parameter counts of the public form: ``arch -> (classes, millions)``.
-
-    ResNeXt-29 8x64d on CIFAR-10 is 34.4M (Xie et al. 2017, Table 7). The MaskConnect paper's
-    0.28M (``20,4,8``) and 0.86M (``29,8,8``) on CIFAR-100 are the counts with one BN3 per
-    branch (``2 * (C - 1) * c_out`` more per module); they are no anchor for this form.
-    """
-    return {"29,64,8": (10, 34.4)}
-
-
-def self_checks(
-    archs: Iterable[str] = ("20,4,8", "29,4,8", "29,8,8", "29,64,8"), *, small: str = "11,4,4"
-) -> bool:
-    """Checks that need no jax: counts against hand formulas, papers and torch's FLOP counter;
-    the grouped form against the per-branch one; our ImageNet network against torchvision."""
-    ok = True
-    print(
-        "| arch | torch params | by hand | paper | forward FLOPs (formula) | torch FLOP counter |"
-    )
-    print("|---|---|---|---|---|---|")
-    anchors = paper_param_anchors()
-    for arch in archs:
-        classes = default_num_classes(arch)
-        size = default_image_size(arch)
-        model = build_model(arch, classes)
-        params, by_hand = count_params(model), expected_params(arch, classes)
-        paper = anchors.get(arch)
-        paper_ok = paper is None or round(expected_params(arch, paper[0]) / 1e6, 1) == paper[1]
-        flops = forward_flops(arch, image_size=size, num_classes=classes)
-        counted = flop_count(model, size)
-        match = params == by_hand and paper_ok and flops == counted
-        ok &= match
-        print(
-            f"| {arch} | {params:,} | {by_hand:,} "
-            f"| {f'{paper[1]}M ({paper[0]} classes)' if paper else '-'} "
-            f"| {flops:,} | {counted:,} |" + ("" if match else " MISMATCH")
-        )
-
-    torch.manual_seed(0)
-    grouped = randomize_(build_model(small, 10))
-    per_branch = build_model(small, 10, formulation="per_branch")
-    per_branch.load_state_dict(grouped.state_dict())
-    images = torch.randn(4, 3, 16, 16)
-    for train in (False, True):
-        a, b = logits_pair(grouped, per_branch, images, train=train)
-        error = relative_error(a, b)
-        ok &= error < TOLERANCE
-        print(f"{small} grouped vs per-branch, {'train' if train else 'eval'}: {error:.1e}")
-    # Training mode updated both models' running statistics in place: they must agree too.
-    stats_error = max(
-        relative_error(x, y)
-        for (k, x), (_, y) in zip(
-            grouped.state_dict().items(), per_branch.state_dict().items(), strict=True
-        )
-        if k.endswith(("running_mean", "running_var"))
-    )
-    ok &= stats_error < TOLERANCE
-    print(f"{small} running statistics after one train step: {stats_error:.1e}")
-
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        print("torchvision not installed: its checks skipped")
-        return ok
-    for arch, expected in TORCHVISION_PARAMS.items():
-        reference = torchvision_model(arch, 1000)
-        ours = randomize_(build_model(arch, 1000))
-        tv_params = count_params(reference)
-        same_keys = {k: tuple(v.shape) for k, v in reference.state_dict().items()} == {
-            k: tuple(v.shape) for k, v in ours.state_dict().items()
-        }
-        reference.load_state_dict(ours.state_dict())
-        images = torch.randn(2, 3, 64, 64)
-        errors = [
-            relative_error(*logits_pair(ours, reference, images, train=t)) for t in (False, True)
-        ]
-        flops = forward_flops(arch, image_size=224, num_classes=1000)
-        counted = flop_count(reference, 224)
-        match = tv_params == expected == count_params(ours) and same_keys and flops == counted
-        match &= max(errors) < TOLERANCE
-        ok &= match
-        print(
-            f"{arch}: torchvision {tv_params:,} params (expected {expected:,}), ours "
-            f"{count_params(ours):,}; same state_dict keys and shapes: {same_keys}; logits "
-            f"eval {errors[0]:.1e}, train {errors[1]:.1e}; forward FLOPs at 224: formula "
-            f"{flops:,}, counted {counted:,}" + ("" if match else "  MISMATCH")
-        )
-    return ok
-
-
-def mcjax_checks(
-    archs: Iterable[str] = ("20,4,8", "29,8,8", "29,64,8", "resnext50_32x4d"),
-    *,
-    forward_arch: str = "11,4,4",
-) -> bool:
-    """Against mcjax: structure and parameter counts, and ported ``full`` logits (train and
-    eval mode). Needs jax and mcjax with ``full`` in ResNeXt's form (one BN3 per module)."""
-    import jax
-
-    from mcjax import costs, models
-    from mcjax.architectures import get_architecture
-
-    ok = True
-    print("| arch | torch params | mcjax params | mcjax costs | structure | match |")
-    print("|---|---|---|---|---|---|")
-    for arch in archs:
-        classes = default_num_classes(arch)
-        jarch = get_architecture(arch)
-        net = models.Network(jarch, num_classes=classes, connectivity="full")
-        shapes = jax.eval_shape(lambda net=net: models.init(jax.random.key(0), net))
-        jax_params = costs.count_params(shapes["params"])
-        table = costs.network_costs(
-            jarch, image_size=32, num_classes=classes, per_block_inputs=False
-        )
-        ours = architecture(arch)
-        same = (ours.stem, ours.stem_channels) == (jarch.stem, jarch.stem_channels) and [
-            dataclasses.astuple(m) for m in ours.modules
-        ] == [dataclasses.astuple(m) for m in jarch.modules]
-        by_hand = expected_params(arch, classes)
-        flops = forward_flops(arch, image_size=32, num_classes=classes)
-        match = same and by_hand == jax_params == table["params"]
-        match &= flops == table["flops_per_image"]
-        ok &= match
-        print(
-            f"| {arch} | {by_hand:,} | {jax_params:,} | {table['params']:,} "
-            f"| {'same' if same else 'DIFFERENT'} | {'yes' if match else 'NO'} |"
-        )
-
-    net = models.Network(get_architecture(forward_arch), num_classes=10, connectivity="full")
-    variables = models.init(jax.random.key(0), net)
-    params, batch_stats = perturbed_variables(variables["params"], variables["batch_stats"])
-    images = np.asarray(jax.random.normal(jax.random.key(2), (4, 16, 16, 3)))
-    for train in (False, True):
-        expected, _ = models.apply(net, params, batch_stats, images, connectivity=None, train=train)
-        try:
-            got = ported_logits(forward_arch, params, batch_stats, images, train=train)
-        except ValueError as error:
-            print(f"port of mcjax {forward_arch} full: {error}")
-            return False
-        error = relative_error(got, expected)
-        ok &= error < TOLERANCE
-        mode = "train" if train else "eval"
-        print(f"{forward_arch} mcjax full vs ported torch, {mode} mode: relative error {error:.1e}")
-    return ok
 
 
 def _map_leaves(tree, fn, key: str = ""):
@@ -1102,122 +695,3 @@ def ported_logits(arch: str, params, batch_stats, images, *, train: bool) -> np.
         return model(
             torch.from_numpy(np.asarray(images, np.float32).transpose(0, 3, 1, 2).copy())
         ).numpy()
-
-
-def layout_checks(arch: str = "11,4,4") -> bool:
-    """The port against :func:`agreed_layout_logits` on random variables (needs jax and
-    ``mcjax.layers`` only), train and eval mode."""
-    params, stats = random_full_variables(arch, 10)
-    images = np.random.default_rng(3).standard_normal((4, 16, 16, 3)).astype(np.float32)
-    ok = True
-    for train in (False, True):
-        expected = agreed_layout_logits(arch, params, stats, images, train=train)
-        error = relative_error(ported_logits(arch, params, stats, images, train=train), expected)
-        ok &= error < TOLERANCE
-        mode = "train" if train else "eval"
-        print(f"{arch} port vs the per-branch JAX form, {mode} mode: relative error {error:.1e}")
-    return ok
-
-
-# --- Command line --------------------------------------------------------------------------
-
-
-def markdown(results: Sequence[dict]) -> str:
-    """One table row per (arch, dtype, batch): each task's fastest setting and all settings."""
-    lines = [
-        "| arch | source | dtype | batch | train img/s | train setting | infer img/s "
-        "| infer setting | TFLOP/s train | peak MiB | all settings (train img/s) |",
-        "|" + "---|" * 11,
-    ]
-    for r in results:
-        settings = ", ".join(
-            f"{s['layout']}+{s['mode']} "
-            + (f"{s['train_images_per_s']:.1f}" if "train_images_per_s" in s else "-")
-            if "error" not in s and "skipped" not in s
-            else f"{s['layout']}+{s['mode']} {'failed' if 'error' in s else 'skipped'}"
-            for s in r["settings"]
-        )
-        train = r.get("train_images_per_s")
-        tflops = 3 * r["forward_flops"] * train / 1e12 if train else None
-        lines.append(
-            f"| {r['arch']} | {r.get('source', '-')} | {r['dtype']} | {r['batch']} "
-            f"| {_fmt(train, ',.1f')} | {r.get('train_setting', '-')} "
-            f"| {_fmt(r.get('infer_images_per_s'), ',.1f')} | {r.get('infer_setting', '-')} "
-            f"| {_fmt(tflops, '.3f')} | {_fmt(r.get('peak_memory_mib'), ',.0f')} | {settings} |"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", nargs="+", action="extend", help="one or more architectures")
-    parser.add_argument("--batch", nargs="+", type=int, default=[128])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=None, help="32, or 224 for resnext*")
-    parser.add_argument("--num_classes", type=int, default=None, help="100, or 1000 for resnext*")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"))
-    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--formulation", default="grouped", choices=FORMULATIONS)
-    parser.add_argument("--threads", type=int, default=None, help="default: all the cores")
-    parser.add_argument(
-        "--tf32", action=argparse.BooleanOptionalAction, default=True, help="float32 on CUDA"
-    )
-    parser.add_argument("--out", default=None, help="write the results and machine as JSON")
-    parser.add_argument("--check", action="store_true", help="run the checks, then exit")
-    parser.add_argument(
-        "--check_torch_only", action="store_true", help="only the checks that need no jax"
-    )
-    args = parser.parse_args(argv)
-
-    if args.check or args.check_torch_only:
-        ok = self_checks()
-        if not args.check_torch_only:
-            ok &= layout_checks()
-            ok &= mcjax_checks()
-        print("check passed" if ok else "check FAILED")
-        return 0 if ok else 1
-
-    configure(args.device, threads=args.threads, tf32=args.tf32)
-    results = []
-    for arch in args.arch or ["20,4,8"]:
-        for dtype in args.dtype:
-            for batch in args.batch:
-                results.append(
-                    benchmark(
-                        arch,
-                        batch=batch,
-                        steps=args.steps,
-                        warmup=args.warmup,
-                        image_size=args.image_size,
-                        num_classes=args.num_classes,
-                        device=args.device,
-                        dtype=dtype,
-                        layouts=args.layouts,
-                        modes=args.modes,
-                        formulation=args.formulation,
-                        log=lambda line: print(line, flush=True),
-                    )
-                )
-    machine = machine_record(args.device)
-    print(
-        f"\ntorch {machine['torch']}, {args.device}"
-        + (f" ({machine['cuda_device']})" if machine["cuda_device"] else "")
-        + f", {machine['cpu_count']} CPUs, {machine['torch_threads']} threads; "
-        f"median of {args.steps} steps after {args.warmup} warm-up"
-    )
-    print(markdown(results))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine, "results": results}, f, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,12 +20,16 @@ blocks when the shape changes). Module forms:
 
 Parameters of the ``C`` blocks are stacked on a leading branch axis (kernels
 ``[C, kh, kw, c_in, c_out]``, BN vectors ``[C, c]``), so a pruned module is a
-slice, and the C branches are computed with one of several formulations
-(``BRANCH_IMPLS``) that give the same function of the same parameters;
-``"auto"`` picks the one measured fastest on the backend.
+slice. Every form runs the one bottleneck chain (:func:`_bottleneck`) with the
+convolutions of a :class:`Formulation` (``BRANCH_IMPLS`` names them); all give the
+same function of the same parameters, and ``"auto"`` picks the one measured fastest
+on the backend.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,19 +39,59 @@ from mcjax.architectures import ModuleSpec
 
 Array = jax.Array
 
-BRANCH_IMPLS = ("auto", "loop", "grouped", "vmap", "einsum")
 
-# Measured train-step speed per backend (benchmarks/RESULTS.md): on XLA:CPU grouped
-# convolutions are several times slower than one ordinary convolution per branch, and
-# the masked modes' 1x1 convolutions as one batched matmul ("einsum") beat C ordinary
-# ones (29,8,8, batch 32: learned 3%, random 7% faster, compiles 25% faster; full runs
-# the same code either way); on GPU/TPU grouped convolutions are the native formulation.
-_AUTO_IMPL = {"cpu": "einsum", "gpu": "grouped", "tpu": "grouped"}
+@dataclasses.dataclass(frozen=True)
+class Formulation:
+    """How the convolutions of a module are computed.
+
+    Attributes:
+      pointwise: the 1x1 convolutions (the bottlenecks' first and last, the shared
+        projection): ``"conv"``, XLA convolutions; ``"matmul"``, matrix products over the
+        channel axis (a strided 1x1 convolution is the product of the strided slice).
+      spatial: the C per-branch 3x3 convolutions: ``"loop"``, one ordinary convolution
+        per branch (unrolled at trace time); ``"merged"``, runs of :func:`merge_factor`
+        thin branches as one convolution with a block-diagonal kernel; ``"groups"``, one
+        grouped convolution (``feature_group_count = C``); ``"vmap"``, ``jax.vmap`` of
+        one convolution (XLA lowers it to a grouped convolution).
+      merge_widths: for ``spatial="merged"``, the input width up to which thin branches
+        are merged, at stride 1 and when strided (see :func:`merge_factor`).
+    """
+
+    pointwise: str
+    spatial: str
+    merge_widths: tuple[int, int] = (16, 32)
+
+    def __post_init__(self):
+        if self.pointwise not in ("conv", "matmul"):
+            raise ValueError(f"pointwise must be 'conv' or 'matmul', got {self.pointwise!r}")
+        if self.spatial not in ("loop", "merged", "groups", "vmap"):
+            raise ValueError(f"unknown spatial formulation {self.spatial!r}")
+
+
+FORMULATIONS = {
+    "loop": Formulation(pointwise="conv", spatial="loop"),
+    "grouped": Formulation(pointwise="conv", spatial="groups"),
+    "vmap": Formulation(pointwise="conv", spatial="vmap"),
+    "einsum": Formulation(pointwise="matmul", spatial="loop"),
+    "merged": Formulation(pointwise="matmul", spatial="merged"),
+}
+BRANCH_IMPLS = ("auto", *FORMULATIONS)
+
+# Measured train-step speed per backend (benchmarks/RESULTS.md, "Formulations"): on
+# XLA:CPU a grouped convolution is several times slower than one ordinary convolution
+# per branch, 1x1 convolutions run faster as matrix products (no layout copies around
+# their weight gradients), and thin 3x3 branches merged into block-diagonal kernels beat
+# one convolution each; on GPU/TPU the grouped convolution is the native formulation.
+_AUTO_IMPL = {"cpu": "merged", "gpu": "grouped", "tpu": "grouped"}
 
 __all__ = [
     "BRANCH_IMPLS",
+    "FORMULATIONS",
+    "Formulation",
+    "formulation",
     "has_per_branch_bn3",
     "init_module",
+    "merge_factor",
     "multi_branch_module",
     "residual_functions",
     "resnext_module",
@@ -64,6 +108,30 @@ def resolve_branch_impl(impl: str, backend: str | None = None) -> str:
     if impl != "auto":
         return impl
     return _AUTO_IMPL.get(backend or jax.default_backend(), "grouped")
+
+
+def formulation(impl: str | Formulation, backend: str | None = None) -> Formulation:
+    """The :class:`Formulation` that ``impl`` names (a name of ``BRANCH_IMPLS``), or
+    ``impl`` itself when it is one."""
+    if isinstance(impl, Formulation):
+        return impl
+    return FORMULATIONS[resolve_branch_impl(impl, backend)]
+
+
+def merge_factor(
+    cardinality: int, bottleneck: int, stride: int, widths: tuple[int, int] = (16, 32)
+) -> int:
+    """How many branches ``spatial="merged"`` runs as one block-diagonal 3x3 convolution.
+
+    A branch whose input width ``bottleneck`` is under the merge width (``widths[0]`` at
+    stride 1, ``widths[1]`` when strided) is merged with its neighbours up to that width
+    (never more than ``cardinality``); a wide one runs alone. Merging also multiplies the
+    zero blocks (``m`` times the multiply-adds for ``m`` branches), so it pays only where
+    XLA:CPU's convolution is overhead-bound: thin branches, and strided ones
+    (benchmarks/RESULTS.md).
+    """
+    width = widths[1] if stride > 1 else widths[0]
+    return max(1, min(cardinality, width // bottleneck))
 
 
 def init_module(
@@ -120,17 +188,10 @@ def has_per_branch_bn3(params: dict) -> bool:
     return params["bn3"]["scale"].ndim == 2
 
 
-# --- The C residual functions --------------------------------------------------
-
-
-def _fused_first_conv(x: Array, kernel: Array) -> Array:
-    """All C branches' first 1x1 conv on a *shared* input as one dense conv.
-
-    ``x [N,H,W,c_in]``, ``kernel [C,1,1,c_in,b]`` -> ``[N,H,W,C*b]`` (branch-major).
-    """
-    c, kh, kw, c_in, b = kernel.shape
-    dense = jnp.moveaxis(kernel, 0, 3).reshape(kh, kw, c_in, c * b)
-    return layers.conv2d(x, dense)
+# --- Layouts ----------------------------------------------------------------------
+# The C branches' activations are either in the *branch* layout [C,N,H,W,c] (per-block
+# streams) or in the *grouped* layout [N,H,W,C*c] (channels branch-major), where
+# per-branch BN is per-channel BN.
 
 
 def _to_grouped(x: Array) -> Array:
@@ -145,29 +206,137 @@ def _from_grouped(x: Array, branches: int) -> Array:
     return jnp.moveaxis(x.reshape(n, h, w, branches, cc // branches), 3, 0)
 
 
+def _branches_side_by_side(kernel: Array) -> Array:
+    """``[C,1,1,c_in,b]`` -> ``[c_in, C*b]``: the C branches' 1x1 kernels on one input."""
+    c, _, _, c_in, b = kernel.shape
+    return jnp.moveaxis(kernel[:, 0, 0], 0, 1).reshape(c_in, c * b)
+
+
+def _block_diagonal(kernel: Array) -> Array:
+    """``[m,kh,kw,i,o]`` -> ``[kh,kw,m*i,m*o]``, branch j's kernel in diagonal block j."""
+    m, kh, kw, c_in, c_out = kernel.shape
+    if m == 1:
+        return kernel[0]
+    # A broadcast product with the identity, no sum: exact, and its transpose (the
+    # kernel's gradient) reads back the diagonal blocks.
+    eye = jnp.eye(m, dtype=kernel.dtype)
+    return jnp.einsum("jhwab,jk->hwjakb", kernel, eye).reshape(kh, kw, m * c_in, m * c_out)
+
+
+# --- Convolutions of one formulation ------------------------------------------------
+
+
+def _dense_pointwise(x: Array, kernel: Array, stride: int, f: Formulation) -> Array:
+    """A dense 1x1 convolution: ``x [..., H, W, c_in]``, ``kernel [c_in, c_out]``."""
+    if f.pointwise == "matmul":
+        if stride > 1:
+            x = x[..., ::stride, ::stride, :]
+        contract = (((x.ndim - 1,), (0,)), ((), ()))
+        return jax.lax.dot_general(x, kernel.astype(x.dtype), contract)
+    lead = x.shape[:-3]
+    flat = x.reshape((-1, *x.shape[-3:]))
+    y = layers.conv2d(flat, kernel[None, None], stride=stride)
+    return y.reshape(lead + y.shape[1:])
+
+
+def _branch_pointwise(x: Array, kernel: Array, f: Formulation) -> Array:
+    """Per-branch 1x1 convolutions, branch layout: ``[C,N,H,W,i]``, ``[C,1,1,i,o]``."""
+    if f.pointwise == "matmul":
+        # One batched matrix product over the branch axis.
+        contract = (((4,), (1,)), ((0,), (0,)))
+        return jax.lax.dot_general(x, kernel[:, 0, 0].astype(x.dtype), contract)
+    if f.spatial == "vmap":
+        return jax.vmap(layers.conv2d)(x, kernel)
+    return jnp.stack([layers.conv2d(x[j], kernel[j]) for j in range(kernel.shape[0])])
+
+
 def _grouped_conv(x: Array, kernel: Array, stride: int) -> Array:
-    """Grouped layout ``[N,H,W,C*c_in]`` with ``kernel [C,kh,kw,c_in,c_out]``."""
+    """Grouped layout ``[N,H,W,C*c_in]`` with ``kernel [C,kh,kw,c_in,c_out]``, one
+    grouped convolution."""
     c, kh, kw, c_in, c_out = kernel.shape
     grouped = jnp.moveaxis(kernel, 0, 3).reshape(kh, kw, c_in, c * c_out)
     return layers.conv2d(x, grouped, stride=stride, feature_group_count=c)
 
 
-def _branch_conv(x: Array, kernel: Array, stride: int, impl: str) -> Array:
-    """Branch layout ``[C,N,H,W,c_in]`` with ``kernel [C,...]`` -> ``[C,N,H',W',c_out]``."""
-    if impl == "loop":
-        # Unrolled at trace time: C ordinary convolutions.
-        return jnp.stack(
-            [layers.conv2d(x[j], kernel[j], stride=stride) for j in range(kernel.shape[0])]
+def _runs(kernel: Array, stride: int, f: Formulation) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the runs of branches computed as one convolution."""
+    c = kernel.shape[0]
+    merged = f.spatial == "merged"
+    size = merge_factor(c, kernel.shape[3], stride, f.merge_widths) if merged else 1
+    return [(start, min(c, start + size)) for start in range(0, c, size)]
+
+
+def _spatial_grouped(x: Array, kernel: Array, stride: int, f: Formulation) -> Array:
+    """Per-branch 3x3 convolutions, grouped layout ``[N,H,W,C*b]`` -> ``[N,H',W',C*b']``."""
+    if f.spatial == "groups":
+        return _grouped_conv(x, kernel, stride)
+    if f.spatial == "vmap":
+        return _to_grouped(_spatial_branch(_from_grouped(x, kernel.shape[0]), kernel, stride, f))
+    c_in = kernel.shape[3]
+    outputs = [
+        layers.conv2d(
+            x[..., start * c_in : stop * c_in],
+            _block_diagonal(kernel[start:stop]),
+            stride=stride,
         )
-    if impl == "vmap":
+        for start, stop in _runs(kernel, stride, f)
+    ]
+    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+
+
+def _spatial_branch(x: Array, kernel: Array, stride: int, f: Formulation) -> Array:
+    """Per-branch 3x3 convolutions, branch layout ``[C,N,H,W,b]`` -> ``[C,N,H',W',b']``."""
+    if f.spatial == "groups":
+        return _from_grouped(_grouped_conv(_to_grouped(x), kernel, stride), kernel.shape[0])
+    if f.spatial == "vmap":
         return jax.vmap(lambda xj, kj: layers.conv2d(xj, kj, stride=stride))(x, kernel)
-    if impl == "einsum":
-        # 1x1 convolutions of all branches as one batched matmul; 3x3 looped.
-        if kernel.shape[1:3] == (1, 1):
-            xs = x[:, :, ::stride, ::stride] if stride > 1 else x
-            return jnp.einsum("cnhwi,cio->cnhwo", xs, kernel[:, 0, 0].astype(x.dtype))
-        return _branch_conv(x, kernel, stride, "loop")
-    raise AssertionError(impl)
+    outputs = []
+    for start, stop in _runs(kernel, stride, f):
+        if stop - start == 1:
+            outputs.append(layers.conv2d(x[start], kernel[start], stride=stride)[None])
+        else:
+            merged = layers.conv2d(
+                _to_grouped(x[start:stop]), _block_diagonal(kernel[start:stop]), stride=stride
+            )
+            outputs.append(_from_grouped(merged, stop - start))
+    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=0)
+
+
+# --- The bottleneck chain -----------------------------------------------------------
+
+Conv = Callable[[Array, Array], Array]
+
+
+def _bottleneck(
+    params: dict,
+    stats: dict,
+    x: Array,
+    convs: tuple[Conv, Conv, Conv],
+    *,
+    bn_axes: tuple[int, ...],
+    train: bool,
+    axis_name: str | None,
+) -> tuple[Array, dict]:
+    """``BN3(conv3(ReLU(BN2(conv2(ReLU(BN1(conv1(x))))))))``: the one chain of every form.
+
+    ``convs[i](h, params[f"conv{i + 1}"])`` is layer i's convolution in the chosen layout
+    and formulation; BN ``i`` reduces over ``bn_axes`` of its input.
+    """
+    new_stats = dict(stats)
+    h = x
+    for index, conv in enumerate(convs, start=1):
+        if index > 1:
+            h = jax.nn.relu(h)
+        h = conv(h, params[f"conv{index}"])
+        h, new_stats[f"bn{index}"] = layers.batch_norm(
+            h,
+            params[f"bn{index}"],
+            stats[f"bn{index}"],
+            axes=bn_axes,
+            train=train,
+            axis_name=axis_name,
+        )
+    return h, new_stats
 
 
 def residual_functions(
@@ -188,51 +357,44 @@ def residual_functions(
         inputs ``[C,N,H,W,c_in]``.
       stride: stride of the 3x3 convolutions.
       train: batch statistics (and updated running statistics) when True.
-      impl: one of :data:`BRANCH_IMPLS`; all give the same function.
+      impl: one of :data:`BRANCH_IMPLS` (or a :class:`Formulation`); all give the same
+        function.
       axis_name: mapped axis over which BN statistics are averaged, if any.
 
     Returns:
       ``(f, new_stats)`` with ``f: [C, N, H/stride, W/stride, c_out]``.
     """
-    impl = resolve_branch_impl(impl)
+    f = formulation(impl)
     c = params["conv1"].shape[0]
     shared = x.ndim == 4
     if not shared and x.shape[0] != c:
         raise ValueError(f"per-block input has {x.shape[0]} blocks, the module has {c}")
-    bn = dict(train=train, axis_name=axis_name)
-    new_stats = dict(stats)
+    common = dict(train=train, axis_name=axis_name)
 
-    if impl == "grouped":
-        # Work in the grouped layout [N,H,W,C*c], where per-branch BN is per-channel BN.
-        h = (
-            _fused_first_conv(x, params["conv1"])
-            if shared
-            else _grouped_conv(_to_grouped(x), params["conv1"], 1)
+    def first_shared(h, kernel):  # [N,H,W,c_in] -> grouped [N,H,W,C*b]
+        return _dense_pointwise(h, _branches_side_by_side(kernel), 1, f)
+
+    if f.spatial == "groups":
+        # The grouped layout throughout, where per-branch BN is per-channel BN.
+        convs = (
+            first_shared if shared else lambda h, k: _grouped_conv(h, k, 1),
+            lambda h, k: _grouped_conv(h, k, stride),
+            lambda h, k: _grouped_conv(h, k, 1),
         )
-        h, new_stats["bn1"] = layers.batch_norm(
-            h, params["bn1"], stats["bn1"], axes=(0, 1, 2), **bn
-        )
-        h = _grouped_conv(jax.nn.relu(h), params["conv2"], stride)
-        h, new_stats["bn2"] = layers.batch_norm(
-            h, params["bn2"], stats["bn2"], axes=(0, 1, 2), **bn
-        )
-        h = _grouped_conv(jax.nn.relu(h), params["conv3"], 1)
-        h, new_stats["bn3"] = layers.batch_norm(
-            h, params["bn3"], stats["bn3"], axes=(0, 1, 2), **bn
+        h, new_stats = _bottleneck(
+            params, stats, x if shared else _to_grouped(x), convs, bn_axes=(0, 1, 2), **common
         )
         return _from_grouped(h, c), new_stats
 
-    # Branch layout [C,N,H,W,c]; BN reduces over N, H, W per branch and channel.
-    if shared:
-        h = _from_grouped(_fused_first_conv(x, params["conv1"]), c)
-    else:
-        h = _branch_conv(x, params["conv1"], 1, impl)
-    h, new_stats["bn1"] = layers.batch_norm(h, params["bn1"], stats["bn1"], axes=(1, 2, 3), **bn)
-    h = _branch_conv(jax.nn.relu(h), params["conv2"], stride, impl)
-    h, new_stats["bn2"] = layers.batch_norm(h, params["bn2"], stats["bn2"], axes=(1, 2, 3), **bn)
-    h = _branch_conv(jax.nn.relu(h), params["conv3"], 1, impl)
-    h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], axes=(1, 2, 3), **bn)
-    return h, new_stats
+    # The branch layout [C,N,H,W,c]; BN reduces over N, H, W per branch and channel.
+    convs = (
+        (lambda h, k: _from_grouped(first_shared(h, k), c))
+        if shared
+        else (lambda h, k: _branch_pointwise(h, k, f)),
+        lambda h, k: _spatial_branch(h, k, stride, f),
+        lambda h, k: _branch_pointwise(h, k, f),
+    )
+    return _bottleneck(params, stats, x, convs, bn_axes=(1, 2, 3), **common)
 
 
 def shortcut(
@@ -242,32 +404,33 @@ def shortcut(
     *,
     stride: int,
     train: bool,
+    impl: str = "auto",
     axis_name: str | None = None,
 ) -> tuple[Array, dict]:
     """The module's shortcut ``S``: identity, or the shared projection + BN.
 
     ``x`` is ``[N,H,W,c_in]`` or per-block ``[C,N,H,W,c_in]``; the output has the
     same leading layout. With per-block inputs, the one projection is applied to
-    every block's input and its BN statistics are taken over all of them.
+    every block's input and its BN statistics are taken over all of them. ``impl``
+    (:data:`BRANCH_IMPLS`) says how the projection is computed.
     """
     if "shortcut" not in params:
         if stride != 1:
             raise ValueError("an identity shortcut cannot have stride > 1")
         return x, stats
-    lead = x.shape[:-3]
-    flat = x.reshape((-1, *x.shape[-3:]))
-    s = layers.conv2d(flat, params["shortcut"]["conv"], stride=stride)
+    kernel = params["shortcut"]["conv"][0, 0]
+    s = _dense_pointwise(x, kernel, stride, formulation(impl))
     s, bn_stats = layers.batch_norm(
         s,
         params["shortcut"]["bn"],
         stats["shortcut"]["bn"],
-        axes=(0, 1, 2),
+        axes=tuple(range(s.ndim - 1)),
         train=train,
         axis_name=axis_name,
     )
     new_stats = dict(stats)
     new_stats["shortcut"] = {"bn": bn_stats}
-    return s.reshape(lead + s.shape[1:]), new_stats
+    return s, new_stats
 
 
 def multi_branch_module(
@@ -289,28 +452,10 @@ def multi_branch_module(
     Returns:
       ``(y, new_stats)`` with per-block outputs ``y: [C,N,H',W',c_out]``.
     """
-    f, stats = residual_functions(
-        params, stats, x, stride=stride, train=train, impl=impl, axis_name=axis_name
-    )
-    s, stats = shortcut(params, stats, x, stride=stride, train=train, axis_name=axis_name)
+    common = dict(stride=stride, train=train, impl=impl, axis_name=axis_name)
+    f, stats = residual_functions(params, stats, x, **common)
+    s, stats = shortcut(params, stats, x, **common)
     return jax.nn.relu(s + f), stats
-
-
-def _grouped_layout_conv(x: Array, kernel: Array, stride: int, impl: str) -> Array:
-    """Per-branch convs on the grouped layout ``[N,H,W,C*c_in]`` -> ``[N,H',W',C*c_out]``."""
-    if impl == "grouped":
-        return _grouped_conv(x, kernel, stride)
-    c, _, _, c_in, _ = kernel.shape
-    if impl in ("loop", "einsum"):
-        # Unrolled at trace time: C ordinary convolutions on channel slices.
-        return jnp.concatenate(
-            [
-                layers.conv2d(x[..., j * c_in : (j + 1) * c_in], kernel[j], stride=stride)
-                for j in range(c)
-            ],
-            axis=-1,
-        )
-    return _to_grouped(_branch_conv(_from_grouped(x, c), kernel, stride, impl))
 
 
 def resnext_residual(
@@ -339,19 +484,16 @@ def resnext_residual(
     Returns:
       ``(r, new_stats)`` with ``r: [N, H/stride, W/stride, c_out]``.
     """
-    impl = resolve_branch_impl(impl)
+    f = formulation(impl)
     if has_per_branch_bn3(params):
         raise ValueError("resnext_residual needs one bn3 over c_out, got per-branch bn3")
-    bn = dict(train=train, axis_name=axis_name, axes=(0, 1, 2))
-    new_stats = dict(stats)
-    h = _fused_first_conv(x, params["conv1"])
-    h, new_stats["bn1"] = layers.batch_norm(h, params["bn1"], stats["bn1"], **bn)
-    h = _grouped_layout_conv(jax.nn.relu(h), params["conv2"], stride, impl)
-    h, new_stats["bn2"] = layers.batch_norm(h, params["bn2"], stats["bn2"], **bn)
-    c, kh, kw, b, c_out = params["conv3"].shape
-    h = layers.conv2d(jax.nn.relu(h), params["conv3"].reshape(kh, kw, c * b, c_out))
-    h, new_stats["bn3"] = layers.batch_norm(h, params["bn3"], stats["bn3"], **bn)
-    return h, new_stats
+    c, _, _, b, c_out = params["conv3"].shape
+    convs = (
+        lambda h, k: _dense_pointwise(h, _branches_side_by_side(k), 1, f),
+        lambda h, k: _spatial_grouped(h, k, stride, f),
+        lambda h, k: _dense_pointwise(h, k.reshape(c * b, c_out), 1, f),
+    )
+    return _bottleneck(params, stats, x, convs, bn_axes=(0, 1, 2), train=train, axis_name=axis_name)
 
 
 def resnext_module(
@@ -374,11 +516,11 @@ def resnext_module(
     """
     if x.ndim != 4:
         raise ValueError(f"resnext_module takes one stream [N,H,W,C], got shape {x.shape}")
-    common = dict(stride=stride, train=train, axis_name=axis_name)
+    common = dict(stride=stride, train=train, impl=impl, axis_name=axis_name)
     if has_per_branch_bn3(params):
-        f, stats = residual_functions(params, stats, x, impl=impl, **common)
+        f, stats = residual_functions(params, stats, x, **common)
         r = f.sum(axis=0)
     else:
-        r, stats = resnext_residual(params, stats, x, impl=impl, **common)
+        r, stats = resnext_residual(params, stats, x, **common)
     s, stats = shortcut(params, stats, x, **common)
     return jax.nn.relu(s + r), stats

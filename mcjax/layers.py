@@ -79,7 +79,8 @@ def batch_norm(
     reduced (their own shape may group them, e.g. ``[C, c]`` for ``C * c``
     channels), and keep that shape in the returned stats.
 
-    In training, the statistics of the batch are used (two-pass, float32) and
+    In training, the statistics of the batch are used (one pass: the mean and the mean of
+    squares, in float32, or in ``x``'s dtype when wider) and
     averaged over ``axis_name`` when given (synchronised BN across devices); the
     running statistics are updated with ``momentum``. In evaluation, the running
     statistics are used and returned unchanged.
@@ -93,13 +94,18 @@ def batch_norm(
         return v.reshape(bshape)
 
     if train:
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         mean = x32.mean(axis=axes)
         if axis_name is not None:
             mean = jax.lax.pmean(mean, axis_name)
-        var = jnp.square(x32 - expand(mean)).mean(axis=axes)
+        # One pass over x for both statistics, var = E[x^2] - E[x]^2 (Flax's
+        # use_fast_variance): a centred second pass re-reads x and, on XLA:CPU, writes
+        # x - mean out in full before reducing it (BN forward + backward measured 1.6x
+        # slower on a 64 MiB activation). Clipped at 0 against rounding.
+        mean_square = jnp.square(x32).mean(axis=axes)
         if axis_name is not None:
-            var = jax.lax.pmean(var, axis_name)
+            mean_square = jax.lax.pmean(mean_square, axis_name)
+        var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
         param_shape = stats["mean"].shape
         new_stats = {
             "mean": momentum * stats["mean"] + (1 - momentum) * mean.reshape(param_shape),

@@ -251,13 +251,18 @@ def _flat_features(x: Array, lead: int) -> Array:
     return x.reshape((*x.shape[: lead + 1], -1))
 
 
+def _accumulation(dtype) -> jnp.dtype:
+    # float32, or the outputs' dtype when wider (float64 in tests).
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _mix(binary_masks: Array, branch_outputs: Array, scale: float) -> Array:
     lead = binary_masks.ndim - 2
     flat = _flat_features(branch_outputs, lead)
     out = jnp.matmul(
         _scaled(binary_masks, scale).astype(branch_outputs.dtype),
         flat,
-        preferred_element_type=jnp.float32,
+        preferred_element_type=_accumulation(branch_outputs.dtype),
     )
     return out.astype(branch_outputs.dtype).reshape(
         (*binary_masks.shape[:-1], *branch_outputs.shape[lead + 1 :])
@@ -275,14 +280,15 @@ def _aggregate_bwd(scale, residuals, g):
     flat_g = _flat_features(g, lead)
     flat_y = _flat_features(branch_outputs, lead)
     # All C_out x C_in inner products <g_j, y_k> in one contraction (per leading index).
+    accumulation = _accumulation(branch_outputs.dtype)
     d_real = _scaled(
-        jnp.matmul(flat_g, jnp.swapaxes(flat_y, -1, -2), preferred_element_type=jnp.float32),
+        jnp.matmul(flat_g, jnp.swapaxes(flat_y, -1, -2), preferred_element_type=accumulation),
         scale,
     )
     d_outputs = jnp.matmul(
         jnp.swapaxes(_scaled(binary_masks, scale).astype(g.dtype), -1, -2),
         flat_g,
-        preferred_element_type=jnp.float32,
+        preferred_element_type=accumulation,
     )
     return (
         d_real.astype(real_masks.dtype),

@@ -282,6 +282,6 @@ def apply(
 
     if connectivity is not None:
         x = x.mean(axis=0) if net.aggregation == "mean" else x.sum(axis=0)
-    features = x.astype(jnp.float32).mean(axis=(1, 2))
+    features = x.astype(jnp.promote_types(x.dtype, jnp.float32)).mean(axis=(1, 2))
     logits = features @ params["head"]["kernel"] + params["head"]["bias"]
     return logits, new_stats
