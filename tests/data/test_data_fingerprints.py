@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import shutil
 
-import fake_data
 import jax
 import pytest
+from support import fake_data
 
 from mcjax.data import in_memory, sources
 
