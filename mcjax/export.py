@@ -89,6 +89,13 @@ def save(
     Test-time preprocessing recorded with it: centre ``crop`` (if any), then
     ``(images / 255 - mean_image) / std``.
     """
+    mean_shape = np.shape(mean_image)
+    channels = net.in_channels
+    if mean_shape != (channels,) and not (len(mean_shape) == 3 and mean_shape[2] == channels):
+        # Refused here, not first when someone loads the model.
+        raise ValueError(
+            f"mean_image must be [{channels}] or [H, W, {channels}], got {list(mean_shape)}"
+        )
     os.makedirs(path, exist_ok=True)
     description = {
         "format": FORMAT,

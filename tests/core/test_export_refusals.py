@@ -221,3 +221,21 @@ def test_a_model_file_that_is_not_json_is_one_sentence(saved, tmp_path):
 def test_an_intact_model_still_loads_and_predicts(saved):
     loaded = export.load(str(saved))
     assert np.isfinite(np.asarray(export.predict(loaded, _images(2)))).all()
+
+
+@pytest.mark.parametrize("mean_shape", [(), (4,), (SIZE, SIZE, 1)])
+def test_save_refuses_a_mean_image_load_would_refuse(tmp_path, mean_shape):
+    """A mean image that is neither ``[C]`` nor ``[H, W, C]`` is refused when saving, so no
+    one exports a model that no one can load."""
+    net = models.Network(get_architecture("11,2,4"), num_classes=CLASSES)
+    variables = models.init(jax.random.key(0), net)
+    with pytest.raises(ValueError, match=r"mean_image must be \[3\] or \[H, W, 3\]"):
+        export.save(
+            str(tmp_path),
+            net,
+            variables["params"],
+            variables["batch_stats"],
+            None,
+            mean_image=np.zeros(mean_shape, np.float32),
+        )
+    assert not (tmp_path / "model.json").exists()

@@ -110,7 +110,9 @@ def test_full_model_saves_and_loads(tmp_path, per_branch_bn, jit_init, jit_apply
     )
     params = jax.tree.map(lambda a: a + 0.1, variables["params"])  # a head that is not zero
     pruned = prune.drop_dead_blocks(net, params, stats, None)
-    export.save(str(tmp_path), pruned.net, pruned.params, pruned.batch_stats, None, mean_image=0.0)
+    export.save(
+        str(tmp_path), pruned.net, pruned.params, pruned.batch_stats, None, mean_image=np.zeros(3)
+    )
     model = export.load(str(tmp_path))
     assert model.net == net
     uint8 = np.asarray(jax.random.randint(jax.random.key(2), (4, 8, 8, 3), 0, 256), np.uint8)
