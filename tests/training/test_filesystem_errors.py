@@ -24,25 +24,12 @@ import types
 
 import pytest
 from absl import flags
+from support.tiny import TINY_FLAGS
 
 from mcjax.training import checkpoint, exit_codes
 from mcjax.training.checkpoint import Checkpointer
 
-pytestmark = pytest.mark.xdist_group("uninterrupted")
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-# The command-line twin of the conftest's tiny digits config.
-TINY = [
-    "--config.model.arch=11,2,4",
-    "--config.model.fan_in=2",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=6",
-    "--config.phase_epochs=(0.05,0.03,0.02,0.02)",
-    "--config.checkpoint_every_steps=3",
-    "--config.log_every_steps=2",
-    "--config.eval_every_epochs=100.0",
-    "--config.keep_checkpoints=20",
-]
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
 # tensorstore's report of a full disk, as orbax raised it in the main thread.
 FULL_DISK = (
@@ -128,11 +115,11 @@ def test_orbax_reports_of_a_full_disk_become_an_os_error_naming_the_step(tmp_pat
 
 
 def test_a_full_disk_during_an_async_save_is_one_line_and_exit_2(
-    uninterrupted, tmp_path, run_main, monkeypatch
+    tiny_run, tmp_path, run_main, monkeypatch
 ):
     from mcjax.training import loop
 
-    _, whole, _ = uninterrupted
+    whole = tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
 
@@ -140,7 +127,7 @@ def test_a_full_disk_during_an_async_save_is_one_line_and_exit_2(
         raise ValueError(FULL_DISK.format(d=os.path.join(workdir, "checkpoints")))
 
     monkeypatch.setattr(loop, "train_and_evaluate", full_disk)
-    line = _one_line(*run_main("--workdir", str(workdir), *TINY))
+    line = _one_line(*run_main("--workdir", str(workdir), *TINY_FLAGS))
     assert "no space left" in line and str(workdir / "checkpoints") in line and "intact" in line
 
 
@@ -208,7 +195,7 @@ def test_checkpoints_that_is_a_file_is_refused_at_the_start(tmp_path, run_main):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "checkpoints").write_text("not a directory")
-    line = _one_line(*run_main("--workdir", str(workdir), *TINY))
+    line = _one_line(*run_main("--workdir", str(workdir), *TINY_FLAGS))
     assert str(workdir / "checkpoints") in line and "not a directory" in line
     assert sorted(os.listdir(workdir)) == [".lock", "checkpoints"]  # nothing trained
 
@@ -224,9 +211,9 @@ def test_checkpoints_that_is_a_file_is_refused_at_the_start(tmp_path, run_main):
     ],
 )
 def test_a_path_replaced_during_a_run_is_one_line_and_exit_2(
-    uninterrupted, tmp_path, run_main, monkeypatch, damage
+    tiny_run, tmp_path, run_main, monkeypatch, damage
 ):
-    _, whole, _ = uninterrupted
+    whole = tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
 
@@ -241,7 +228,7 @@ def test_a_path_replaced_during_a_run_is_one_line_and_exit_2(
             shutil.rmtree(workdir)
 
     _after_first_step(monkeypatch, break_it)
-    line = _one_line(*run_main("--workdir", str(workdir), *TINY))
+    line = _one_line(*run_main("--workdir", str(workdir), *TINY_FLAGS))
     expected = {
         "checkpoints_file": str(workdir / "checkpoints"),
         "metrics_directory": str(workdir / "metrics.jsonl"),
@@ -254,9 +241,9 @@ def test_a_path_replaced_during_a_run_is_one_line_and_exit_2(
 
 
 @pytest.mark.slow
-def test_a_full_tmpfs_is_one_line_and_the_run_resumes_once_there_is_space(uninterrupted, tmp_path):
+def test_a_full_tmpfs_is_one_line_and_the_run_resumes_once_there_is_space(tiny_run, tmp_path):
     """Needs root (mount); the checkpoints of steps 3 and 6 fit in 1.5 MB, step 9 not."""
-    _, _, digest = uninterrupted
+    digest = tiny_run.digest
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
@@ -265,7 +252,7 @@ def test_a_full_tmpfs_is_one_line_and_the_run_resumes_once_there_is_space(uninte
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "mcjax.main", "--workdir", str(disk / "run"), *TINY]
+    command = [sys.executable, "-m", "mcjax.main", "--workdir", str(disk / "run"), *TINY_FLAGS]
     try:
         full = subprocess.run(
             command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -16,18 +16,16 @@ import pathlib
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+from support import processes
+from support.tiny import TINY_FLAGS
 
 from mcjax.training import exit_codes, loop, workdir_lock
 from mcjax.training.checkpoint import Checkpointer
 from mcjax.training.metric_writers import read_records
 from mcjax.training.workdir_lock import LOCK_NAME, WorkdirLock
-
-pytestmark = pytest.mark.xdist_group("uninterrupted")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -81,8 +79,8 @@ def test_the_lock_knows_when_its_file_was_deleted_or_replaced(tmp_path):
         assert "cannot create the lock file" in lock.retake()
 
 
-def test_a_run_whose_lock_is_deleted_stops_with_a_checkpoint(uninterrupted, tmp_path, monkeypatch):
-    config, whole, _ = uninterrupted
+def test_a_run_whose_lock_is_deleted_stops_with_a_checkpoint(tiny_run, tmp_path, monkeypatch):
+    config, whole = tiny_run.config, tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
     # Deleted after the first resumed step (19, not a step that saves by itself).
@@ -96,13 +94,13 @@ def test_a_run_whose_lock_is_deleted_stops_with_a_checkpoint(uninterrupted, tmp_
     assert checkpoints.verify(19)  # finished, with its checksums
     checkpoints.close()
     assert (workdir / LOCK_NAME).exists()  # taken again, then let go
-    # That it resumes to the uninterrupted run's state: the slow command-line test.
+    # That it resumes to the tiny_run run's state: the slow command-line test.
 
 
 def test_a_run_whose_lock_was_taken_by_another_run_stops_without_writing(
-    uninterrupted, tmp_path, monkeypatch
+    tiny_run, tmp_path, monkeypatch
 ):
-    config, whole, _ = uninterrupted
+    config, whole = tiny_run.config, tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
     other = WorkdirLock(str(workdir))
@@ -126,31 +124,14 @@ def test_a_run_whose_lock_was_taken_by_another_run_stops_without_writing(
 
 # ------------------------------------------------------------- the command line
 
-_ENV = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-_TINY = [
-    "--config.model.arch=11,2,4",
-    "--config.model.fan_in=2",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=6",
-    "--config.phase_epochs=(0.05,0.03,0.02,0.02)",
-    "--config.checkpoint_every_steps=3",
-    "--config.log_every_steps=2",
-    "--config.eval_every_epochs=100.0",
-    "--config.keep_checkpoints=20",
-]
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
 
 
 @pytest.mark.slow
-def test_deleting_the_lock_of_a_running_run_exits_75_and_the_rerun_finishes(
-    uninterrupted, tmp_path
-):
-    _, _, digest = uninterrupted
+def test_deleting_the_lock_of_a_running_run_exits_75_and_the_rerun_finishes(tiny_run, tmp_path):
+    digest = tiny_run.digest
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "mcjax.main", "--workdir", str(workdir), *_TINY]
-    first = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    first = processes.start_main(workdir)
     try:
         deadline = time.monotonic() + 300
         while not (workdir / "checkpoints" / "3").exists() and time.monotonic() < deadline:
@@ -164,8 +145,6 @@ def test_deleting_the_lock_of_a_running_run_exits_75_and_the_rerun_finishes(
     assert first.returncode == exit_codes.EXIT_PREEMPTED == 75, stderr
     lines = [line for line in stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "was deleted" in lines[0]
-    rerun = subprocess.run(
-        command, cwd=REPO_ROOT, env=_ENV, capture_output=True, text=True, timeout=300
-    )
+    rerun = processes.run_main(["--workdir", str(workdir), *TINY_FLAGS], timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"state digest    {digest[:16]}" in rerun.stdout

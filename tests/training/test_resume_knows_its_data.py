@@ -22,8 +22,6 @@ from mcjax.data import sources
 from mcjax.training import loop, resume_rules, validation
 from mcjax.training.checkpoint import Checkpointer
 
-pytestmark = pytest.mark.xdist_group("uninterrupted")
-
 
 def _copy_until(whole: pathlib.Path, workdir: pathlib.Path, last_step: int) -> None:
     shutil.copytree(whole, workdir)
@@ -63,8 +61,8 @@ def other_digits(monkeypatch):
     monkeypatch.setattr(sources, "load_digits", load_other)
 
 
-def test_a_resume_on_other_data_of_the_same_shape_is_refused(uninterrupted, tmp_path, other_digits):
-    config, whole, _ = uninterrupted
+def test_a_resume_on_other_data_of_the_same_shape_is_refused(tiny_run, tmp_path, other_digits):
+    config, whole = tiny_run.config, tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
     before = _hashes(workdir)
@@ -78,9 +76,9 @@ def test_a_resume_on_other_data_of_the_same_shape_is_refused(uninterrupted, tmp_
 
 
 def test_a_forced_resume_on_other_data_is_recorded_and_config_json_kept(
-    uninterrupted, tmp_path, other_digits
+    tiny_run, tmp_path, other_digits
 ):
-    config, whole, _ = uninterrupted
+    config, whole = tiny_run.config, tiny_run.workdir
     workdir = tmp_path / "run"
     _copy_until(whole, workdir, 18)
     config_json = (workdir / "config.json").read_bytes()
