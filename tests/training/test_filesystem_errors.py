@@ -23,7 +23,7 @@ import sys
 import types
 
 import pytest
-from absl import flags
+from support import entry_points
 from support.tiny import TINY_FLAGS
 
 from mcjax.training import checkpoint, exit_codes
@@ -41,25 +41,14 @@ FULL_DISK = (
 
 
 @pytest.fixture()
-def run_main(monkeypatch, capsys):
-    """``run_main(*flags)``: ``python -m mcjax.main`` in this process; ``(status, lines)``,
-    the lines being stderr without log and progress lines."""
-    from mcjax import main as program
+def run_main():
+    """``run_main(*flags)``: ``python -m mcjax.main`` in this process
+    (:func:`support.entry_points.run_main`); ``(status, lines, stderr)``, the lines being
+    stderr without log and progress lines."""
 
     def call(*args: str):
-        argv = ["mcjax.main", "--config", str(program._DEFAULT_CONFIG), *args]
-        monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides there
-        try:
-            with pytest.raises(SystemExit) as info:
-                program.main(program.parse_flags(argv))
-        finally:
-            flags.FLAGS.unparse_flags()
-            for name in list(flags.FLAGS):  # the config's fields, defined per parse
-                if name.startswith("config."):
-                    delattr(flags.FLAGS, name)
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip() and not _LOG_LINE.match(line)]
-        return info.value.code, lines, err
+        ran = entry_points.run_main(*args)
+        return ran.status, ran.lines, ran.err
 
     return call
 
