@@ -90,7 +90,11 @@ def _heading_anchors(page: pathlib.Path) -> set[str]:
 
 def _link_problems(text: str, base: pathlib.Path) -> list[str]:
     """What is wrong with the relative links of ``text`` (a file in ``base``): each must
-    name an existing page under docs/, and its anchor, if any, a heading of that page."""
+    name an existing page under docs/, and its anchor, if any, a heading of that page.
+
+    docs/index.md includes the README as the site's front page, where a link to a file
+    outside docs/ would lead nowhere.
+    """
     problems = []
     for target in _links(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):
