@@ -48,5 +48,8 @@ setup(
         # benchmarks/torch_reference.py and gpu.sh: the public PyTorch ResNeXt baselines
         # (torchvision's resnext50_32x4d). The tests that need them skip without them.
         "bench": ["torch>=2.1", "torchvision>=0.16"],
+        # docs/: the pages (Markdown, myst-parser) and the API reference from the docstrings
+        # (autodoc, napoleon); `.ci/run` builds them with warnings as errors.
+        "docs": ["sphinx>=7", "myst-parser>=2"],
     },
 )

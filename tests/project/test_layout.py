@@ -26,6 +26,7 @@ _SKIPPED_DIRS = {
     ".pytest_cache",
     ".ruff_cache",
     "build",
+    "_build",
     "dist",
     "runs",
     "workdirs",
