@@ -281,6 +281,31 @@ def test_no_import_circle_anywhere_in_the_package():
     )
 
 
+# The rungs of mcjax.data, lowest first (mcjax/data/types.py says what each holds): a
+# module imports only modules of its own rung or of a rung below it.
+DATA_RUNGS = (
+    ("types",),
+    ("augment", "batch_order", "decode", "image_folder", "sources"),
+    ("registry",),
+    ("in_memory", "inputs", "streaming"),
+)
+
+
+def test_data_is_a_ladder():
+    rung_of = {f"mcjax.data.{m}": i for i, rung in enumerate(DATA_RUNGS) for m in rung}
+    sources = _package_sources()
+    on_disk = {m for m in sources if m.startswith("mcjax.data.")}
+    assert on_disk == set(rung_of), "every module of mcjax.data has a rung in DATA_RUNGS"
+    graph = import_graph(sources)
+    problems = [
+        f"{module} (rung {rung_of[module]}) imports {imported} (rung {rung_of[imported]})"
+        for module in sorted(on_disk)
+        for imported in sorted(graph[module] & on_disk)
+        if rung_of[imported] > rung_of[module]
+    ]
+    assert not problems, "mcjax.data imports up its ladder:\n" + "\n".join(problems)
+
+
 def test_cycle_finder_names_a_planted_circle():
     sources = {
         "pkg": ("from pkg import a\n", True),  # a package importing its module: no circle
