@@ -1,18 +1,5 @@
-"""What the rest of mcjax.data builds on: the description of a data set and the ``Input``.
-
-The data package is a ladder; each rung imports only the rungs below it:
-
-1. ``types`` (this module): :class:`Dataset`, what the program knows about a data set,
-   and :class:`Input`, the interface every training input serves;
-2. sources, the readers: :mod:`~mcjax.data.sources` (the arrays of a data set held in
-   memory, the embedded digits, tfds), :mod:`~mcjax.data.image_folder`,
-   :mod:`~mcjax.data.decode`; and the helpers of the inputs,
-   :mod:`~mcjax.data.augment` and :mod:`~mcjax.data.batch_order`;
-3. :mod:`~mcjax.data.registry`: data-set names to their :class:`Dataset` and reader;
-4. the inputs: :mod:`~mcjax.data.in_memory` (a data set on the device whole, including
-   image folders), :mod:`~mcjax.data.streaming` (ImageNet through host threads), and
-   :mod:`~mcjax.data.inputs`, which makes the input of a data set by name.
-"""
+"""The bottom rung of mcjax.data: what a data set is (:class:`Dataset`) and what every
+training input serves (:class:`Input`). The ladder is in :mod:`mcjax.data`."""
 
 from __future__ import annotations
 

@@ -281,7 +281,7 @@ def test_no_import_circle_anywhere_in_the_package():
     )
 
 
-# The rungs of mcjax.data, lowest first (mcjax/data/types.py says what each holds): a
+# The rungs of mcjax.data, lowest first (mcjax/data/__init__.py says what each holds): a
 # module imports only modules of its own rung or of a rung below it.
 DATA_RUNGS = (
     ("types",),
