@@ -26,7 +26,15 @@ from jax.experimental import checkify
 
 Array = jax.Array
 
+# The connectivity modes and aggregations a network or a Flax layer accepts; declared here,
+# below mcjax.models (which checks its own fields with them and exports them), so that
+# check_layer_options need not import the models.
+CONNECTIVITIES = ("learned", "full", "random", "real")
+AGGREGATIONS = ("sum", "mean")
+
 __all__ = [
+    "AGGREGATIONS",
+    "CONNECTIVITIES",
     "check_connectivity",
     "check_fan_in",
     "check_k_hot",
@@ -202,14 +210,10 @@ def layer_fan_in(fan_in, num_inputs: int | None, connectivity: str) -> int | Non
 
 def check_layer_options(connectivity: str, aggregation: str, mask_init: float) -> None:
     """The mode, aggregation and mask initial value of a Flax layer."""
-    from mcjax import models  # models imports this module
-
-    if connectivity not in models.CONNECTIVITIES:
-        raise ValueError(
-            f"connectivity must be one of {models.CONNECTIVITIES}, got {connectivity!r}"
-        )
-    if aggregation not in models.AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {models.AGGREGATIONS}, got {aggregation!r}")
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if not 0.0 <= mask_init <= 1.0:
         raise ValueError(f"mask_init must lie in [0, 1], got {mask_init}")
 

@@ -35,11 +35,10 @@ import jax.numpy as jnp
 
 from mcjax import blocks, checks, layers, masks
 from mcjax.architectures import Architecture
+from mcjax.checks import AGGREGATIONS, CONNECTIVITIES
 
 Array = jax.Array
 
-CONNECTIVITIES = ("learned", "full", "random", "real")
-AGGREGATIONS = ("sum", "mean")
 # Compute dtypes by config name; parameters, BN statistics and logits stay float32.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

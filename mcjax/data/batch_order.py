@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["epoch_permutation", "eval_batches", "train_batch_indices"]
+__all__ = ["epoch_permutation", "eval_batches", "train_batch_indices", "train_rows"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -52,6 +52,19 @@ def train_batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.nda
     epoch, within = divmod(int(step), n // batch_size)
     order = _permutation(int(seed), epoch, int(n))
     return order[within * batch_size : (within + 1) * batch_size].copy()
+
+
+def train_rows(
+    seed: int, step: int, n: int, batch_size: int, rows: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, positions)``, int64 each: the ``rows`` of global batch ``step``.
+
+    ``indices`` are the examples (:func:`train_batch_indices`) and ``positions`` their
+    places in the global batch, which an example's augmentation depends on; a process
+    that holds ``rows`` of every global batch asks for exactly these.
+    """
+    indices = train_batch_indices(seed, step, n, batch_size)
+    return indices[rows], np.arange(batch_size)[rows]
 
 
 def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -1,9 +1,10 @@
-"""Batches for training and exact evaluation of a data set of :mod:`mcjax.data.registry`.
+"""A data set held whole on the device: the :class:`~mcjax.data.types.Input` of digits,
+CIFAR and image folders (Mini-ImageNet).
 
-Small data sets (digits, CIFAR, Mini-ImageNet) live on the device whole, as
-uint8; each step gathers its batch and augments it there, with keys that are a
-pure function of ``(seed, step, index in the global batch)``, so a resumed run
-sees exactly the same batches. ImageNet streams from host threads
+The data (:class:`mcjax.data.sources.InMemoryData`) lives on the device as uint8; each
+step gathers its batch and augments it there (:mod:`mcjax.data.augment`), with keys
+that are a pure function of ``(seed, step, index in the global batch)``, so a resumed
+run sees exactly the same batches. ImageNet streams from host threads instead
 (:mod:`mcjax.data.streaming`) with the same guarantee.
 
 With several processes each one asks only for its ``rows`` of every global batch
@@ -22,7 +23,7 @@ import numpy as np
 
 from mcjax.data import augment, batch_order, registry, sources
 
-__all__ = ["InMemoryInput", "make_input"]
+__all__ = ["InMemoryInput"]
 
 # The in-memory views of mcjax.data.registry, by name.
 _TRAIN_VIEWS = {
@@ -52,17 +53,11 @@ def _eval_batch(images, labels, indices, mean, *, kind, crop):
 _ALL = slice(None)
 
 
-def _train_rows(data, step: int, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Example indices and global-batch positions of the ``rows`` of batch ``step``."""
-    indices = batch_order.train_batch_indices(data.seed, step, data.num_train, data.batch_size)
-    return indices[rows], np.arange(data.batch_size)[rows]
-
-
 class InMemoryInput:
     """A whole data set on the device; batches are gathered and augmented there.
 
-    ``fingerprint``: what data this is (:attr:`mcjax.data.sources.InMemoryData.fingerprint`);
-    every input has one, and checkpoints record it.
+    Serves :class:`mcjax.data.types.Input` (its members are documented there).
+    ``fingerprint``: what data this is (:attr:`mcjax.data.sources.InMemoryData.fingerprint`).
     """
 
     def __init__(
@@ -100,7 +95,9 @@ class InMemoryInput:
     def train_batch(self, step: int, rows: slice = _ALL) -> tuple[jax.Array, jax.Array]:
         """Augmented ``(images float32 [B,H,W,C], labels int32 [B])``: the ``rows`` of
         global batch ``step`` (default all ``batch_size``)."""
-        indices, positions = _train_rows(self, step, rows)
+        indices, positions = batch_order.train_rows(
+            self.seed, step, self.num_train, self.batch_size, rows
+        )
         return _train_batch(
             *self._train,
             jnp.asarray(indices),
@@ -124,83 +121,3 @@ class InMemoryInput:
                 crop=self.crop,
             )
             yield images, labels, jnp.asarray(valid[rows])
-
-
-class StreamingInput:
-    """ImageNet through host threads (see :mod:`mcjax.data.streaming`).
-
-    ``fingerprint``: the prepared files' (:func:`mcjax.data.sources.tfds_fingerprint`).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        data_dir: str | None,
-        image_size: int,
-        seed: int,
-        batch_size: int,
-        eval_batch_size: int,
-    ):
-        from mcjax.data import streaming
-
-        self.spec = registry.get(name)
-        self.name = name
-        self.source = streaming.ImageNetInput(
-            data_dir=data_dir or None,
-            image_size=image_size,
-            seed=seed,
-            global_batch_size=batch_size,
-        )
-        self.num_classes = self.spec.num_classes
-        self.fingerprint: str = self.source.fingerprint
-        self.num_train = self.source.num_train
-        self.num_test = self.source.num_test
-        self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
-        # Per-channel normalisation for the exported model (images pre-cropped to 224).
-        self.mean_image = streaming.IMAGENET_MEAN
-        self.std = streaming.IMAGENET_STD
-        self.crop = None
-
-    def train_batch(self, step: int, rows: slice = _ALL):
-        indices, positions = _train_rows(self, step, rows)
-        images, labels = self.source.train_batch(step, indices, positions=positions)
-        return jnp.asarray(images), jnp.asarray(labels)
-
-    def eval_batches(self, rows: slice = _ALL):
-        for images, labels, valid in self.source.eval_batches(self.eval_batch_size, rows=rows):
-            yield jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid)
-
-
-def make_input(
-    name: str,
-    *,
-    data_dir: str | None,
-    image_size: int,
-    seed: int,
-    batch_size: int,
-    eval_batch_size: int,
-    key: jax.Array,
-    num_classes: int | None = None,
-    options: dict | None = None,
-) -> InMemoryInput | StreamingInput:
-    """The input of data set ``name`` (an entry of :mod:`mcjax.data.registry`).
-
-    Args:
-      name, data_dir: which data and where (see :func:`mcjax.data.sources.load`).
-      image_size: the network's input side (the crop, for data sets that crop).
-      seed: decides the batch order and, with ``key``, the augmentation.
-      batch_size, eval_batch_size: global batch sizes.
-      key: the augmentation key (in-memory data sets).
-      num_classes: if given, must be the data's class count (the head is sized from it).
-      options: loader options (:func:`mcjax.data.sources.load`), e.g. Mini-ImageNet's split.
-
-    Raises:
-      mcjax.data.sources.DataError: the data is missing or malformed.
-    """
-    batches = dict(seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size)
-    spec = registry.get(name)
-    if spec.streamed:
-        return StreamingInput(name, data_dir=data_dir, image_size=image_size, **batches)
-    data = sources.load(name, data_dir=data_dir, num_classes=num_classes, **(options or {}))
-    return InMemoryInput(data, key=key, image_size=image_size, **batches)

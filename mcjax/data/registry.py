@@ -1,8 +1,10 @@
-"""The data sets mcjax knows: one table, read by validation, input, training and outputs.
+"""The data sets mcjax knows: one table from names to what they are and how they are read.
 
-Adding a data set is one :class:`Dataset` entry in :data:`DATASETS` plus its loader
-(a function returning :class:`mcjax.data.sources.InMemoryData`, or a streaming source
-like ImageNet's). Nothing else in the package compares data-set names.
+Read by validation, the inputs, training and outputs. Adding a data set is one
+:class:`~mcjax.data.types.Dataset` entry in :data:`DATASETS` plus its loader (a function
+returning :class:`mcjax.data.sources.InMemoryData`, or a streaming source like ImageNet's).
+Nothing else in the package compares data-set names. :func:`load` reads an in-memory
+data set by name.
 
 The preprocessing names (``train_view``, ``eval_view``) are those of
 :mod:`mcjax.data.augment` (in memory) and :mod:`mcjax.data.streaming` (ImageNet):
@@ -18,80 +20,29 @@ The protocol per data set is docs/design.md §6.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DATASETS", "Dataset", "get"]
+from mcjax.data import image_folder, sources
+from mcjax.data.sources import DataError, InMemoryData
+from mcjax.data.types import Dataset
+
+__all__ = ["DATASETS", "get", "load"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """What the program needs to know about one data set.
-
-    Attributes:
-      name: the ``config.data.name`` that selects it.
-      channels: image channels (1 grayscale, 3 RGB).
-      num_classes: classes of the data set; ``None`` when the data decides (an image
-        folder holds any number of class subfolders).
-      stored_size: side of the stored (square) images that the network sees whole when
-        ``crops`` is False; for folders, the side the images are resized to when read;
-        ``None`` when any size is stored (ImageNet's JPEGs).
-      crops: whether the network sees an ``image_size`` crop (any ``image_size`` up to
-        ``stored_size`` is then valid) rather than the stored image.
-      train_view / eval_view: preprocessing of a training / test example (module doc).
-      streamed: decoded by host threads batch by batch (ImageNet) rather than held on
-        the device whole.
-      top5: whether top-5 accuracy is reported (the paper's ImageNet table).
-      needs_data_dir: whether ``config.data.data_dir`` must be given.
-      split: for folders, ``(train_per_class, test_per_class)`` (Mini-ImageNet: 500/100).
-      load: the in-memory loader, ``load(data_dir=..., num_classes=..., **options)``;
-        ``None`` for a streamed data set.
-    """
-
-    name: str
-    channels: int
-    num_classes: int | None
-    stored_size: int | None
-    crops: bool
-    train_view: str
-    eval_view: str
-    streamed: bool = False
-    top5: bool = False
-    needs_data_dir: bool = False
-    split: tuple[int, int] | None = None
-    load: Callable[..., Any] | None = None
-
-    def image_size_problem(self, image_size: int) -> str | None:
-        """Why ``image_size`` cannot be this data set's network input, or ``None``."""
-        if self.crops:
-            if self.stored_size is not None and image_size > self.stored_size:
-                return f"at most {self.stored_size} (the crop is taken from the stored images)"
-            return None
-        if image_size != self.stored_size:
-            size = self.stored_size
-            return f"{size} for {self.name} (its images are {size}x{size})"
-        return None
-
-
+# The loaders look their reader up when called (``sources.load_digits``, not the function
+# itself in the table), so that a reader replaced on its module is the one used.
 def _load_digits(*, data_dir=None, num_classes=None, **options):
-    from mcjax.data import sources
-
     return sources.load_digits(**options)
 
 
 def _load_cifar(name: str):
     def load(*, data_dir=None, num_classes=None, **options):
-        from mcjax.data import sources
-
         return sources.load_tfds_cifar(name, data_dir=data_dir, **options)
 
     return load
 
 
 def _load_mini_imagenet(*, data_dir=None, num_classes=None, **options):
-    from mcjax.data import image_folder
-
     spec = DATASETS["mini_imagenet"]
     train_per_class, test_per_class = spec.split
     return image_folder.load_image_folder(
@@ -172,3 +123,40 @@ def get(name: str) -> Dataset:
     except (KeyError, TypeError):
         choices = ", ".join(DATASETS)
         raise ValueError(f"unknown data set {name!r}; choose one of {choices}") from None
+
+
+def load(
+    name: str, *, data_dir: str | None = None, num_classes: int | None = None, **options: Any
+) -> InMemoryData:
+    """The in-memory data set called ``name`` (an entry of :data:`DATASETS`).
+
+    Args:
+      name: digits, cifar10, cifar100 or mini_imagenet (ImageNet streams instead: see
+        :class:`mcjax.data.streaming.ImageNetInput`).
+      data_dir: the tfds data_dir, or the image folder for mini_imagenet (``None``/``""``:
+        the default, where there is one).
+      num_classes: if given, must be the data's class count (the head is sized from it).
+      **options: loader options, e.g. for mini_imagenet ``folder_image_size`` (84),
+        ``train_per_class`` (500), ``test_per_class`` (100).
+
+    Raises:
+      DataError: unknown name, missing or malformed data, or a class-count mismatch.
+    """
+    try:
+        spec = get(name)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    if spec.streamed:
+        raise DataError(
+            f"{name} is streamed, not loaded into memory: use mcjax.data.streaming.ImageNetInput."
+        )
+    if spec.needs_data_dir and not data_dir:
+        raise DataError(f"{name} needs `--config.data.data_dir=` the folder of its data.")
+    data = spec.load(data_dir=data_dir or None, num_classes=num_classes, **options)
+    if num_classes is not None and int(num_classes) != data.num_classes:
+        # The head is sized from the config: a mismatch would train silently wrong.
+        raise DataError(
+            f"config.data.num_classes={num_classes} but {name} has {data.num_classes} classes; "
+            f"set `--config.data.num_classes={data.num_classes}`."
+        )
+    return data

@@ -16,7 +16,8 @@ Loaders:
   in ``array_record`` format; reads it without TensorFlow and never downloads.
 * :func:`mcjax.data.image_folder.load_image_folder` -- Mini-ImageNet as a folder of
   class folders.
-* :func:`load` -- any in-memory data set of :mod:`mcjax.data.registry` by name.
+
+:func:`mcjax.data.registry.load` loads any in-memory data set by name.
 
 Whatever goes wrong with the user's data raises :class:`DataError`, whose message
 says what is wrong and how to fix it; a missing data set fails in well under a
@@ -35,12 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from mcjax.data import registry
-
 __all__ = [
     "DataError",
     "InMemoryData",
-    "load",
     "load_digits",
     "load_tfds_cifar",
     "open_tfds_splits",
@@ -295,43 +293,3 @@ def load_tfds_cifar(name: str, *, data_dir: str | None) -> InMemoryData:
         test_labels=test_labels,
         num_classes=num_classes,
     )
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-
-def load(
-    name: str, *, data_dir: str | None = None, num_classes: int | None = None, **options: Any
-) -> InMemoryData:
-    """The in-memory data set called ``name`` (an entry of :mod:`mcjax.data.registry`).
-
-    Args:
-      name: digits, cifar10, cifar100 or mini_imagenet (ImageNet streams instead: see
-        :class:`mcjax.data.streaming.ImageNetInput`).
-      data_dir: the tfds data_dir, or the image folder for mini_imagenet (``None``/``""``:
-        the default, where there is one).
-      num_classes: if given, must be the data's class count (the head is sized from it).
-      **options: loader options, e.g. for mini_imagenet ``folder_image_size`` (84),
-        ``train_per_class`` (500), ``test_per_class`` (100).
-
-    Raises:
-      DataError: unknown name, missing or malformed data, or a class-count mismatch.
-    """
-    try:
-        spec = registry.get(name)
-    except ValueError as error:
-        raise DataError(str(error)) from None
-    if spec.streamed:
-        raise DataError(
-            f"{name} is streamed, not loaded into memory: use mcjax.data.streaming.ImageNetInput."
-        )
-    if spec.needs_data_dir and not data_dir:
-        raise DataError(f"{name} needs `--config.data.data_dir=` the folder of its data.")
-    data = spec.load(data_dir=data_dir or None, num_classes=num_classes, **options)
-    if num_classes is not None and int(num_classes) != data.num_classes:
-        # The head is sized from the config: a mismatch would train silently wrong.
-        raise DataError(
-            f"config.data.num_classes={num_classes} but {name} has {data.num_classes} classes; "
-            f"set `--config.data.num_classes={data.num_classes}`."
-        )
-    return data

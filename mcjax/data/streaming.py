@@ -1,5 +1,8 @@
 """Streaming ImageNet (ILSVRC 2012) input: host threads decode JPEGs with PIL.
 
+:class:`StreamingInput` is ImageNet's :class:`~mcjax.data.types.Input`; it serves the
+batches that :class:`ImageNetInput` (the reader and its thread pool) decodes.
+
 Source: tensorflow-datasets ``imagenet2012`` prepared in ``array_record`` format
 (splits ``train`` and ``validation``), read without TensorFlow; it is never
 downloaded (ImageNet needs a manual download), and a missing copy raises
@@ -38,15 +41,18 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from mcjax.data import batch_order, decode
+from mcjax.data import batch_order, decode, registry
 from mcjax.data.sources import DataError, open_tfds_splits, tfds_fingerprint
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageNetInput",
+    "StreamingInput",
     "center_crop_view",
     "random_resized_crop_box",
     "random_resized_crop_view",
@@ -385,3 +391,52 @@ class ImageNetInput:
         finally:
             for batch, _ in window:  # an abandoned iterator leaves no queued work
                 batch.cancel()
+
+
+class StreamingInput:
+    """ImageNet through host threads: serves :class:`mcjax.data.types.Input` (its members
+    are documented there) with the batches of an :class:`ImageNetInput`.
+
+    ``fingerprint``: the prepared files' (:func:`mcjax.data.sources.tfds_fingerprint`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_dir: str | None,
+        image_size: int,
+        seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+    ):
+        self.spec = registry.get(name)
+        self.name = name
+        self.source = ImageNetInput(
+            data_dir=data_dir or None,
+            image_size=image_size,
+            seed=seed,
+            global_batch_size=batch_size,
+        )
+        self.num_classes = self.spec.num_classes
+        self.fingerprint: str = self.source.fingerprint
+        self.num_train = self.source.num_train
+        self.num_test = self.source.num_test
+        self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
+        # Per-channel normalisation for the exported model (images pre-cropped to 224).
+        self.mean_image = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        self.crop = None
+
+    def train_batch(self, step: int, rows: slice = slice(None)) -> tuple[jax.Array, jax.Array]:
+        indices, positions = batch_order.train_rows(
+            self.seed, step, self.num_train, self.batch_size, rows
+        )
+        images, labels = self.source.train_batch(step, indices, positions=positions)
+        return jnp.asarray(images), jnp.asarray(labels)
+
+    def eval_batches(
+        self, rows: slice = slice(None)
+    ) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+        for images, labels, valid in self.source.eval_batches(self.eval_batch_size, rows=rows):
+            yield jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mcjax.architectures import get_architecture
-from mcjax.data import in_memory
+from mcjax.data import inputs
+from mcjax.data.types import Input
 from mcjax.models import DTYPES, Network
 from mcjax.training import schedule as schedule_lib
 from mcjax.training.schedule import Schedule
@@ -60,15 +61,15 @@ def network(config) -> Network:
     )
 
 
-# config.data fields that are options of a data set's loader (mcjax.data.sources.load).
+# config.data fields that are options of a data set's loader (mcjax.data.registry.load).
 _LOADER_OPTIONS = ("folder_image_size", "train_per_class", "test_per_class")
 
 
-def data_input(config, *, key):
+def data_input(config, *, key) -> Input:
     """The training and evaluation input that ``config.data`` describes (see
-    :func:`mcjax.data.in_memory.make_input`); raises ``DataError`` for missing data."""
+    :func:`mcjax.data.inputs.make_input`); raises ``DataError`` for missing data."""
     data = config.data
-    return in_memory.make_input(
+    return inputs.make_input(
         data.name,
         data_dir=data.data_dir or None,
         image_size=int(data.image_size),

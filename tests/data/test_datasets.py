@@ -1,4 +1,4 @@
-"""Loaders of mcjax.data.sources on data each test makes itself (no network, no TensorFlow)."""
+"""The readers of mcjax.data on data each test makes itself (no network, no TensorFlow)."""
 
 import os
 import time
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from support import fake_data
 
-from mcjax.data import image_folder, sources
+from mcjax.data import image_folder, registry, sources
 from mcjax.data.sources import DataError
 
 # ----------------------------------------------------------------------------- digits
@@ -72,10 +72,10 @@ def test_load_tfds_cifar_reads_array_record_without_tensorflow(tmp_path):
 
 def test_load_dispatch_checks_num_classes(tmp_path):
     fake_data.prepare_cifar(tmp_path, num_train=3, num_test=2)
-    loaded = sources.load("cifar100", data_dir=str(tmp_path), num_classes=100)
+    loaded = registry.load("cifar100", data_dir=str(tmp_path), num_classes=100)
     assert loaded.train_images.shape == (3, 32, 32, 3)
     with pytest.raises(DataError, match="num_classes=10 but cifar100 has 100"):
-        sources.load("cifar100", data_dir=str(tmp_path), num_classes=10)
+        registry.load("cifar100", data_dir=str(tmp_path), num_classes=10)
 
 
 def test_missing_cifar_raises_quickly_with_instructions(tmp_path):
@@ -103,11 +103,11 @@ def test_cifar_prepared_as_tfrecord_is_refused_with_instructions(tmp_path):
 
 def test_unknown_names_raise_data_error():
     with pytest.raises(DataError, match="unknown data set"):
-        sources.load("mnist")
+        registry.load("mnist")
     with pytest.raises(DataError, match="unknown CIFAR"):
         sources.load_tfds_cifar("cifar1000", data_dir=None)
     with pytest.raises(DataError, match="streamed"):
-        sources.load("imagenet")
+        registry.load("imagenet")
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -151,7 +151,7 @@ def test_image_folder_reads_grey_and_jpeg_and_dispatch(tmp_path):
     _make_folder(tmp_path, num_classes=2, per_class=3)
     Image.new("L", (20, 20), 128).save(tmp_path / "n000" / "img_00.png")  # grey -> RGB
     Image.new("RGB", (9, 9), (50, 60, 70)).save(tmp_path / "n001" / "img_00.jpg")
-    data = sources.load(
+    data = registry.load(
         "mini_imagenet",
         data_dir=str(tmp_path),
         num_classes=2,
@@ -207,7 +207,7 @@ def test_image_folder_missing_root(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         image_folder.load_image_folder(str(tmp_path / "absent"))
     with pytest.raises(DataError, match=r"needs `--config\.data\.data_dir="):
-        sources.load("mini_imagenet", data_dir="")
+        registry.load("mini_imagenet", data_dir="")
 
 
 # ----------------------------------------------------------------------------- registry

@@ -7,6 +7,7 @@ from the files themselves (``ast`` and text), without importing anything of mcja
 from __future__ import annotations
 
 import ast
+import collections
 import os
 import pathlib
 import re
@@ -148,15 +149,19 @@ def imported_modules(source: str, module: str, *, is_package: bool = False) -> s
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                prefix = ".".join(base + ([node.module] if node.module else []))
-            else:
-                prefix = node.module
+            prefix = _imported_from(node, package)
             found.add(prefix)
             found.update(f"{prefix}.{alias.name}" for alias in node.names)
     return found
+
+
+def _imported_from(node: ast.ImportFrom, package: str) -> str:
+    """The module named by ``from X import ...`` in ``package``, a relative ``X`` resolved."""
+    if not node.level:
+        return node.module
+    base = package.split(".")
+    base = base[: len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
 
 
 def _violations(paths, forbidden: tuple[str, ...]) -> list[str]:
@@ -201,6 +206,121 @@ def test_import_scanner_sees_every_form():
     assert {"mcjax.training.loop", "mcjax.figures", "mcjax.training.checkpoint"} <= found
     assert "mcjax.data.augment" in found
     assert "mcjax.data" in imported_modules("from . import x", "mcjax.data", is_package=True)
+
+
+# --- No import circles ----------------------------------------------------------------
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """``{module: the modules of sources it imports}``, from ``{module: (source, is_package)}``.
+
+    Imports inside functions count as module-level ones do (a circle through a function
+    is a circle the reader has to follow). An import names the deepest module of
+    ``sources`` it reaches: ``from a import b`` names ``a.b`` when that is a module and
+    ``a`` otherwise; ``import a.b`` names ``a.b``. The ancestor packages that Python runs
+    first are not edges unless named, so a package that imports its own modules is not
+    a circle.
+    """
+    graph = {}
+    for module, (source, is_package) in sources.items():
+        package = module if is_package else module.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    name = alias.name
+                    while name and name not in sources:
+                        name = name.rpartition(".")[0]
+                    found.add(name)
+            elif isinstance(node, ast.ImportFrom):
+                prefix = _imported_from(node, package)
+                for alias in node.names:
+                    name = f"{prefix}.{alias.name}"
+                    found.add(name if name in sources else prefix)
+        graph[module] = {name for name in found if name in sources and name != module}
+    return graph
+
+
+def find_import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: for each module on one, the shortest circle through
+    it, each circle once, from its smallest module back to it (``[a, b, a]``)."""
+    cycles = set()
+    for start in sorted(graph):
+        came_from: dict[str, str] = {}
+        queue = collections.deque([start])
+        while queue:
+            node = queue.popleft()
+            for imported in sorted(graph.get(node, ())):
+                if imported == start:  # round: walk back to start
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    path.reverse()
+                    first = path.index(min(path))
+                    cycles.add(tuple(path[first:] + path[:first]))
+                    queue.clear()
+                    break
+                if imported not in came_from:
+                    came_from[imported] = node
+                    queue.append(imported)
+    return [[*cycle, cycle[0]] for cycle in sorted(cycles)]
+
+
+def _package_sources() -> dict[str, tuple[str, bool]]:
+    return {
+        _module_name(path): (path.read_text(encoding="utf-8"), path.name == "__init__.py")
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    graph = import_graph(_package_sources())
+    assert "mcjax.data.registry" in graph and any(graph.values()), "no imports found"
+    cycles = find_import_cycles(graph)
+    assert not cycles, "import circles (imports inside functions count):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in cycles
+    )
+
+
+# The rungs of mcjax.data, lowest first (mcjax/data/__init__.py says what each holds): a
+# module imports only modules of its own rung or of a rung below it.
+DATA_RUNGS = (
+    ("types",),
+    ("augment", "batch_order", "decode", "image_folder", "sources"),
+    ("registry",),
+    ("in_memory", "inputs", "streaming"),
+)
+
+
+def test_data_is_a_ladder():
+    rung_of = {f"mcjax.data.{m}": i for i, rung in enumerate(DATA_RUNGS) for m in rung}
+    sources = _package_sources()
+    on_disk = {m for m in sources if m.startswith("mcjax.data.")}
+    assert on_disk == set(rung_of), "every module of mcjax.data has a rung in DATA_RUNGS"
+    graph = import_graph(sources)
+    problems = [
+        f"{module} (rung {rung_of[module]}) imports {imported} (rung {rung_of[imported]})"
+        for module in sorted(on_disk)
+        for imported in sorted(graph[module] & on_disk)
+        if rung_of[imported] > rung_of[module]
+    ]
+    assert not problems, "mcjax.data imports up its ladder:\n" + "\n".join(problems)
+
+
+def test_cycle_finder_names_a_planted_circle():
+    sources = {
+        "pkg": ("from pkg import a\n", True),  # a package importing its module: no circle
+        "pkg.a": ("from pkg import b\nimport numpy\n", False),
+        "pkg.b": ("def f():\n    from .c import thing\n", False),  # inside a function
+        "pkg.c": ("import pkg.a\n", False),
+        "pkg.d": ("from pkg.a import name\n", False),  # into the circle, not on it
+    }
+    assert find_import_cycles(import_graph(sources)) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+    sources["pkg.c"] = ("import numpy\n", False)  # a ladder: pkg.c no longer goes back up
+    assert find_import_cycles(import_graph(sources)) == []
+    sources["pkg.c"] = ("import pkg.d\n", False)
+    sources["pkg.d"] = ("from pkg.b import f\n", False)  # another way round
+    assert find_import_cycles(import_graph(sources)) == [["pkg.b", "pkg.c", "pkg.d", "pkg.b"]]
 
 
 # --- What setup.py installs -----------------------------------------------------------
