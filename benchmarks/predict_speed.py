@@ -39,14 +39,7 @@ def _fresh_model(path: str, data) -> export.LoadedModel:
     pruned = prune.drop_dead_blocks(
         net, params, variables["batch_stats"], masks.top_k(params["masks"], net.fan_in)
     )
-    export.save(
-        path,
-        pruned.net,
-        pruned.params,
-        pruned.batch_stats,
-        pruned.connectivity,
-        mean_image=data.mean_image,
-    )
+    pruned.save(path, mean_image=data.mean_image)
     return export.load(path)
 
 

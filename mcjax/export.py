@@ -1,7 +1,8 @@
 """The pruned model as a reloadable artifact: ``model.json`` + ``arrays.npz``.
 
 ``model.json`` describes the network (architecture with its per-module
-cardinalities, head, connectivity mode, fan-in, aggregation) and the test-time
+cardinalities, and every other field of :class:`mcjax.models.Network` but the
+formulation of the branches, which is the loading machine's choice) and the test-time
 preprocessing; ``arrays.npz`` holds the parameters, BN statistics, the fixed
 connectivity between live blocks and the mean image, loaded with
 ``allow_pickle=False`` (no code is ever unpickled). Inference::
@@ -43,6 +44,12 @@ __all__ = [
     "predict",
     "save",
 ]
+
+
+# Fields of models.Network that model.json holds in a form of their own (arch, dtype) or
+# not at all (branch_impl: the loading machine's choice); it holds each other one as it is.
+_NOT_AS_IS = ("arch", "dtype", "branch_impl")
+_AS_IS = tuple(f.name for f in dataclasses.fields(models.Network) if f.name not in _NOT_AS_IS)
 
 
 @struct.dataclass
@@ -105,12 +112,7 @@ def save(
             "stem_channels": net.arch.stem_channels,
             "modules": [dataclasses.asdict(m) for m in net.arch.modules],
         },
-        "num_classes": net.num_classes,
-        "in_channels": net.in_channels,
-        "connectivity": net.connectivity,
-        "fan_in": net.fan_in,
-        "aggregation": net.aggregation,
-        "full_per_branch_bn": net.full_per_branch_bn,
+        **{name: getattr(net, name) for name in _AS_IS},
         "dtype": jnp.dtype(net.dtype).name,
         "crop": crop,
     }
@@ -164,10 +166,25 @@ def _read_description(path: str) -> dict:
             raise _problem(path, f"model.json lacks {name!r}")
         if not ok(description[name]):
             raise _problem(path, f"model.json's {name} is {description[name]!r}, not {allowed}")
-    per_branch = description.get("full_per_branch_bn")
-    if per_branch is not None and not isinstance(per_branch, bool):
-        raise _problem(path, f"model.json's full_per_branch_bn is {per_branch!r}, not a bool")
+    # The other fields may be absent (written before they existed: their defaults).
+    for field in dataclasses.fields(models.Network):
+        if field.name in _AS_IS and field.name not in fields and field.name in description:
+            value, kind = description[field.name], type(field.default)
+            if not _of_kind(value, kind):
+                raise _problem(
+                    path, f"model.json's {field.name} is {value!r}, not a {kind.__name__}"
+                )
     return description
+
+
+def _of_kind(value: Any, kind: type) -> bool:
+    """Whether a JSON ``value`` is of the ``kind`` of a field's default (an int is a
+    float; a bool is nothing but a bool)."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
 
 
 def _architecture(path: str, arch: dict) -> Architecture:
@@ -340,17 +357,10 @@ def load(path: str) -> LoadedModel:
     if per_branch_bn is None:  # written before the field existed: read the layout
         scale = arrays.get("params/modules/0/bn3/scale")
         per_branch_bn = description["connectivity"] == "full" and getattr(scale, "ndim", 1) == 2
+    recorded = {name: description[name] for name in _AS_IS if name in description}
+    recorded["full_per_branch_bn"] = bool(per_branch_bn)
     try:
-        net = models.Network(
-            arch=arch,
-            num_classes=description["num_classes"],
-            in_channels=description["in_channels"],
-            connectivity=description["connectivity"],
-            fan_in=description["fan_in"],
-            aggregation=description["aggregation"],
-            dtype=DTYPES[description["dtype"]],
-            full_per_branch_bn=bool(per_branch_bn),
-        )
+        net = models.Network(arch=arch, dtype=DTYPES[description["dtype"]], **recorded)
     except ValueError as error:
         raise _problem(path, f"model.json describes no valid network ({error})") from None
     _check_variables(path, net, arrays)

@@ -28,6 +28,8 @@ params (``{"params": ..., "connectivity": ...}``): without it, ``learned`` and
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -35,25 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcjax import checks
+from mcjax import checks, models
 from mcjax import connectivity as connectivity_policy
 from mcjax import masks as masks_lib
 from mcjax import prune as prune_lib
-from mcjax.linen_network import (
-    CONNECTIVITY_COLLECTION,
-    FROZEN,
-    MASKS_STREAM,
-    REAL_RECORD,
-    RECORD,
-    Network,
-    frozen_connectivity,
-    frozen_state,
-    functional_variables,
-    is_frozen_flag,
-    linen_variables,
-    plain,
-    prune_network,
-)
 
 Array = jax.Array
 
@@ -68,6 +55,25 @@ __all__ = [
     "prune",
     "unfreeze",
 ]
+
+MASKS_STREAM = "masks"
+CONNECTIVITY_COLLECTION = "connectivity"
+FROZEN = "frozen"
+RECORD = "masks"  # learned: the K-hot record; random: the draw
+REAL_RECORD = "real_masks"  # real: the real-valued masks when frozen
+
+
+def _frozen_state(module: nn.Module, record_name: str, make_record):
+    """``(record, frozen)`` of a learned/real layer: created by ``init``; ``(None,
+    None)`` (not frozen) when applied without the ``"connectivity"`` collection."""
+    col = CONNECTIVITY_COLLECTION
+    if not module.is_initializing() and not (
+        module.has_variable(col, record_name) and module.has_variable(col, FROZEN)
+    ):
+        return None, None
+    record = module.variable(col, record_name, make_record).value
+    frozen = module.variable(col, FROZEN, lambda: jnp.asarray(False)).value
+    return record, frozen
 
 
 class MaskedAggregation(nn.Module):
@@ -120,7 +126,7 @@ class MaskedAggregation(nn.Module):
             def placeholder():
                 return masks_lib.top_k(masks, self.fan_in) if mode == "learned" else masks
 
-            record, frozen = frozen_state(self, record_name, placeholder)
+            record, frozen = _frozen_state(self, record_name, placeholder)
             if mode == "learned" and connectivity_policy.concrete_bool(frozen) is not False:
                 checks.check_k_hot(record, self.fan_in, name="the frozen record")
             real, forward = connectivity_policy.layer_masks(
@@ -215,6 +221,191 @@ class MultiBranch(nn.Module):
         )
 
 
+# --- The paper's networks ------------------------------------------------------------
+
+
+_NETWORK_FIELDS = tuple(field.name for field in dataclasses.fields(models.Network))
+
+
+def _declared_fields(description: type) -> dict:
+    """A class namespace declaring the fields of the dataclass ``description`` (their
+    annotations and defaults), for a Linen module to hold them as its own attributes."""
+    annotations = typing.get_type_hints(description)
+    namespace = {"__module__": __name__, "__annotations__": {}}
+    for field in dataclasses.fields(description):
+        namespace["__annotations__"][field.name] = annotations[field.name]
+        if field.default is not dataclasses.MISSING:
+            namespace[field.name] = field.default
+    return namespace
+
+
+# The Linen attributes of a network are the fields of mcjax.models.Network, declared there
+# once: a field added there is an attribute here, with its default and its checks.
+_NetworkFields = type("_NetworkFields", (nn.Module,), _declared_fields(models.Network))
+
+
+class Network(_NetworkFields):
+    """A network of :mod:`mcjax.architectures` as a Linen module: ``images -> logits``.
+
+    Attributes: the fields of :class:`mcjax.models.Network`, with its order, defaults
+    and checks on construction (``arch`` may be a name, e.g. ``"20,4,8"``; ``fan_in``
+    defaults to the paper's 4); :attr:`functional` is that description. Its ``params``
+    and ``batch_stats`` are :func:`mcjax.init`'s: ``init`` draws them from the
+    ``"params"`` rng; training calls need the ``"masks"`` rng (``learned``) and
+    ``mutable=["batch_stats"]``. The collection ``"connectivity"`` holds the frozen
+    record and flag (or ``random``'s draw), see the module docstring. With
+    ``mutable=["intermediates"]`` the masks a pass used are returned under
+    ``intermediates/connectivity`` (``None`` for ``full``).
+    """
+
+    def __post_init__(self):
+        self.functional  # noqa: B018 (models.Network checks every field when built)
+        super().__post_init__()
+
+    @property
+    def functional(self) -> models.Network:
+        """The :class:`mcjax.models.Network` this module runs."""
+        return models.Network(**{name: getattr(self, name) for name in _NETWORK_FIELDS})
+
+    @classmethod
+    def from_functional(cls, net: models.Network, **kwargs) -> Network:
+        """The Linen module of ``net``; its params are ``mcjax.init(key, net)``'s.
+        ``kwargs`` are the Linen module's own (``name``, ``parent``)."""
+        return cls(**{name: getattr(net, name) for name in _NETWORK_FIELDS}, **kwargs)
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool) -> Array:
+        """``images [N, H, W, in_channels]`` -> float32 logits ``[N, num_classes]``."""
+        net = self.functional
+        initial = None
+        if self.is_initializing():
+            initial = models.init(self.make_rng("params"), net)
+
+        def variable(collection: str, name: str):
+            return self.variable(collection, name, lambda: initial[collection][name]).value
+
+        names = ["stem", "modules", "head"] + (["masks"] if net.has_masks else [])
+        params = {name: variable("params", name) for name in names}
+        batch_stats = {name: variable("batch_stats", name) for name in ("stem", "modules")}
+        mode = net.connectivity
+        if mode == "random":
+            connectivity = self.variable(
+                CONNECTIVITY_COLLECTION, RECORD, lambda: initial["connectivity"]
+            ).value
+        elif mode == "full":
+            connectivity = None
+        else:
+            real = params["masks"]
+            record, frozen = _frozen_state(
+                self,
+                RECORD if mode == "learned" else REAL_RECORD,
+                lambda: (
+                    connectivity_policy.initial_fixed_masks(net, initial)
+                    if mode == "learned"
+                    else real
+                ),
+            )
+            if mode == "learned" and connectivity_policy.concrete_bool(frozen) is not False:
+                checks.check_connectivity(
+                    record, net.arch.mask_shapes, k=net.fan_in, name="the frozen record"
+                )
+            params["masks"], connectivity = connectivity_policy.layer_masks(
+                mode,
+                real,
+                record,
+                frozen,
+                train=train,
+                fan_in=net.fan_in,
+                key=lambda: self.make_rng(MASKS_STREAM),
+            )
+            if not self.is_initializing():  # eager applies only (concrete values)
+                connectivity_policy.warn_if_outside_unit_interval(real, frozen)
+        # The masks this pass used (the sampled ones, say), for mutable=["intermediates"].
+        self.sow("intermediates", "connectivity", connectivity)
+        logits, new_stats = models.apply(
+            net, params, batch_stats, images, connectivity=connectivity, train=train
+        )
+        if train and not self.is_initializing():
+            for name, value in new_stats.items():
+                self.put_variable("batch_stats", name, value)
+        return logits
+
+
+def _plain(variables) -> dict:
+    return nn.FrozenDict(variables).unfreeze()
+
+
+def functional_variables(variables) -> dict:
+    """A Linen :class:`Network`'s variables as :func:`mcjax.apply` takes them.
+
+    ``{"params", "batch_stats", "connectivity"}`` (``connectivity`` the fixed
+    ``random`` draw or ``None``: :func:`mcjax.init`'s layout), plain dicts. A frozen
+    record is :func:`frozen_connectivity`'s. The reverse is :func:`linen_variables`.
+    """
+    variables = _plain(variables)
+    collection = variables.get(CONNECTIVITY_COLLECTION, {})
+    fixed = None if FROZEN in collection else collection.get(RECORD)
+    return {
+        "params": variables["params"],
+        "batch_stats": variables["batch_stats"],
+        "connectivity": fixed,
+    }
+
+
+def linen_variables(variables: dict) -> dict:
+    """:func:`mcjax.init`'s variables as a Linen :class:`Network` takes them (no frozen
+    record: not frozen; :func:`freeze` adds one)."""
+    result = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    if variables.get("connectivity") is not None:
+        result[CONNECTIVITY_COLLECTION] = {RECORD: variables["connectivity"]}
+    return result
+
+
+def frozen_connectivity(module: Network, variables) -> Array | None:
+    """The masks of evaluation: the record once frozen, else the top-K of the masks
+    (``learned``) or the masks (``real``); ``random``'s draw; ``None`` (``full``)."""
+    net = module.functional
+    variables = _plain(variables)
+    collection = variables.get(CONNECTIVITY_COLLECTION, {})
+    if net.connectivity == "random":
+        return collection[RECORD]
+    if net.connectivity == "full":
+        return None
+    record = collection.get(RECORD if net.connectivity == "learned" else REAL_RECORD)
+    return connectivity_policy.layer_masks(
+        net.connectivity,
+        variables["params"]["masks"],
+        record,
+        collection.get(FROZEN),
+        train=False,
+        fan_in=net.fan_in,
+    )[1]
+
+
+def _is_frozen_flag(flag) -> bool:
+    return bool(connectivity_policy.concrete_bool(None if flag is None else jnp.all(flag)))
+
+
+def _prune_network(module: Network, variables) -> prune_lib.PrunedModel:
+    """The :class:`mcjax.prune.PrunedModel` of a :class:`Network` under
+    :func:`frozen_connectivity` (for :func:`mcjax.export.save`); an unfrozen ``learned``
+    network's top-K must be decided (no tie at the K-th place)."""
+    net = module.functional
+    functional = functional_variables(variables)
+    collection = _plain(variables).get(CONNECTIVITY_COLLECTION, {})
+    if net.connectivity == "learned" and not _is_frozen_flag(collection.get(FROZEN)):
+        prune_lib.check_top_k_decided(functional["params"]["masks"], net.fan_in)
+    return prune_lib.drop_dead_blocks(
+        net,
+        functional["params"],
+        functional["batch_stats"],
+        frozen_connectivity(module, variables),
+    )
+
+
+# --- Freezing and pruning ------------------------------------------------------------
+
+
 def _subtree(tree: dict, path: Sequence[str]) -> dict | None:
     for name in path:
         if not isinstance(tree, dict) or name not in tree:
@@ -245,7 +436,7 @@ def freeze(variables) -> dict:
     forward passes read the record (``variables`` must be applied whole, with the
     ``"connectivity"`` collection that ``init`` made). Needs concrete values.
     """
-    variables = plain(variables)
+    variables = _plain(variables)
     collection = variables.get(CONNECTIVITY_COLLECTION)
     nodes = list(_frozen_nodes(collection)) if collection else []
     if not nodes:
@@ -273,7 +464,7 @@ def freeze(variables) -> dict:
 
 def unfreeze(variables) -> dict:
     """``variables`` with every ``learned``/``real`` layer learning again (a new dict)."""
-    variables = plain(variables)
+    variables = _plain(variables)
     for _, node in _frozen_nodes(variables.get(CONNECTIVITY_COLLECTION, {})):
         node[FROZEN] = jnp.zeros(jnp.shape(node[FROZEN]), jnp.bool_)
     return variables
@@ -299,8 +490,8 @@ def prune(module: nn.Module, variables, *args, **kwargs):
     if isinstance(module, Network):
         if args or kwargs:
             raise TypeError("prune(network, variables) takes no example call")
-        return prune_network(module, variables)
-    return _prune_model(module, plain(variables), args, kwargs)
+        return _prune_network(module, variables)
+    return _prune_model(module, _plain(variables), args, kwargs)
 
 
 def _prune_model(module: nn.Module, variables: dict, args, kwargs) -> dict:
@@ -337,7 +528,7 @@ def _prune_model(module: nn.Module, variables: dict, args, kwargs) -> dict:
             used = mix_state[RECORD]
         else:
             frozen = mix_state.get(FROZEN)
-            if mode == "learned" and not is_frozen_flag(frozen):
+            if mode == "learned" and not _is_frozen_flag(frozen):
                 prune_lib.check_top_k_decided(
                     mix_params["masks"], layer.fan_in, where=_where((*path, "mix"))
                 )

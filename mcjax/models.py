@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from mcjax import blocks, checks, layers, masks
-from mcjax.architectures import Architecture
+from mcjax.architectures import Architecture, get_architecture
 from mcjax.checks import AGGREGATIONS, CONNECTIVITIES
 
 Array = jax.Array
@@ -56,8 +56,13 @@ __all__ = [
 class Network:
     """Static description of a network (hashable: usable as a ``jit`` static arg).
 
+    The one declaration of a network's fields: :class:`mcjax.nnx.Network` and
+    :class:`mcjax.linen.Network` take theirs from here (``dataclasses.fields``), so a
+    field added here reaches both.
+
     Attributes:
-      arch: the :class:`~mcjax.architectures.Architecture`.
+      arch: the :class:`~mcjax.architectures.Architecture`; a name (e.g. ``"20,4,8"``)
+        is resolved by :func:`~mcjax.architectures.get_architecture` on construction.
       num_classes: outputs of the head.
       in_channels: channels of the input images.
       connectivity: one of :data:`CONNECTIVITIES`.
@@ -84,7 +89,7 @@ class Network:
         masked modes ignore it (each of their blocks is its own stream).
     """
 
-    arch: Architecture
+    arch: Architecture | str
     num_classes: int
     in_channels: int = 3
     connectivity: str = "learned"
@@ -97,6 +102,8 @@ class Network:
     full_per_branch_bn: bool = False
 
     def __post_init__(self):
+        if isinstance(self.arch, str):
+            object.__setattr__(self, "arch", get_architecture(self.arch))
         if self.connectivity not in CONNECTIVITIES:
             raise ValueError(
                 f"connectivity must be one of {CONNECTIVITIES}, got {self.connectivity!r}"
@@ -105,6 +112,8 @@ class Network:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         blocks.resolve_branch_impl(self.branch_impl)
         if self.connectivity != "full":
+            # The type always (a one-module network has no mask to bound K by).
+            checks.check_fan_in(self.fan_in)
             for shape in self.arch.mask_shapes:
                 checks.check_fan_in(self.fan_in, shape[1])
         if not 0.0 <= self.mask_init <= 1.0:

@@ -4,11 +4,11 @@ Thin layers over the functional core (:mod:`mcjax.masks`, :mod:`mcjax.models`); 
 hold the variables and pick the masks of a forward pass
 (:func:`mcjax.connectivity.layer_masks`). The guide is docs/flax.md.
 
-* Variable types (:mod:`mcjax.nnx_variables`): :class:`Mask` (the real-valued masks, an
-  ``nnx.Param`` that :func:`mcjax.maskconnect` finds by type), :class:`Connectivity`
-  (fixed binary masks: ``random``'s draw, or the record of ``freeze()``) and
-  :class:`Frozen` (the flag). Frozen layers read the record in every forward pass and
-  give their masks a zero gradient, whatever the optimizer; record and flag travel with
+* Variable types: :class:`Mask` (the real-valued masks, an ``nnx.Param`` that
+  :func:`mcjax.maskconnect` finds by type), :class:`Connectivity` (fixed binary masks:
+  ``random``'s draw, or the record of ``freeze()``) and :class:`Frozen` (the flag).
+  Frozen layers read the record in every forward pass and give their masks a zero
+  gradient, whatever the optimizer; record and flag travel with
   ``nnx.split``/``nnx.merge`` and orbax; ``unfreeze()`` is the way back.
 * :class:`MaskedAggregation`: ``[C_in, ...] -> [C_out, ...]`` through K-hot masks drawn
   from the rng stream ``"masks"`` in training, their top-K in eval mode, the record once
@@ -16,8 +16,9 @@ hold the variables and pick the masks of a forward pass
 * :class:`MultiBranch`: ``C`` copies of *any* NNX block reading learned K-of-``C_in``
   selections of the previous branches; :func:`prune` removes the dead blocks of a model
   built of them.
-* :class:`Network` (:mod:`mcjax.nnx_network`): the networks of :mod:`mcjax.architectures`,
-  computing exactly :func:`mcjax.apply`.
+* :class:`Network`: the networks of :mod:`mcjax.architectures`, a
+  :class:`mcjax.models.Network` holding its variables and computing exactly
+  :func:`mcjax.apply`.
 
 Modes, as in :mod:`mcjax.models`: ``learned``, ``real``, ``random``, ``full``.
 """
@@ -27,26 +28,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mcjax import checks
+from mcjax import checks, models
 from mcjax import connectivity as connectivity_policy
 from mcjax import masks as masks_lib
 from mcjax import prune as prune_lib
-from mcjax.nnx_network import Network
-from mcjax.nnx_variables import (
-    Connectivity,
-    Frozen,
-    Mask,
-    is_frozen,
-    key_source,
-    rng_stream,
-    set_flag,
-)
+from mcjax.architectures import Architecture
 
 Array = jax.Array
 
@@ -59,6 +52,73 @@ __all__ = [
     "Network",
     "prune",
 ]
+
+# --- Variable types and the helpers the modules share --------------------------------
+
+MASKS_STREAM = "masks"
+
+
+class Mask(nnx.Param):
+    """Real-valued connectivity masks ``[..., C_out, C_in]``, entries in ``[0, 1]``.
+
+    Found by :func:`mcjax.maskconnect` by this type, under any attribute name: the
+    labels found in ``tx.init`` are recorded in the optimizer state for ``tx.update``
+    (where ``nnx.Optimizer`` passes plain arrays).
+    """
+
+
+class Connectivity(nnx.Variable):
+    """Fixed binary masks ``[..., C_out, C_in]``: state, never trained.
+
+    ``random`` mode's draw; ``learned`` (``real``) mode's connectivity recorded by
+    ``freeze()``: the top-K (the real-valued masks) at that moment, or the one given.
+    """
+
+
+class Frozen(Connectivity):
+    """Whether a layer's masks are frozen: a bool (``[L]`` in an ``nnx.vmap`` stack)."""
+
+
+def _rng_stream(rngs: nnx.Rngs | nnx.RngStream | None):
+    # As nnx.Dropout: keep a forked stream of our own, so the caller's Rngs is not shared.
+    # An Rngs without a "masks" (or default) stream is fine for evaluation: a training
+    # call then asks for one.
+    if isinstance(rngs, nnx.Rngs):
+        if MASKS_STREAM in rngs or "default" in rngs:
+            return rngs[MASKS_STREAM].fork()
+        return nnx.data(None)
+    if isinstance(rngs, nnx.RngStream):
+        return rngs.fork()
+    if rngs is None:
+        return nnx.data(None)
+    raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs)}")
+
+
+def _key_source(stored, rngs) -> Callable[[], Array] | None:
+    """A function drawing the key of a forward pass (the call's ``rngs`` first), or None."""
+    if rngs is not None:
+        if isinstance(rngs, nnx.Rngs):
+            if MASKS_STREAM not in rngs and "default" not in rngs:
+                raise ValueError("rngs has no 'masks' (or default) stream to draw masks from")
+            return rngs[MASKS_STREAM]
+        if isinstance(rngs, nnx.RngStream):
+            return rngs
+        return lambda: rngs  # a key
+    return stored
+
+
+def _set_flag(variable: nnx.Variable, value: bool) -> None:
+    variable[...] = jnp.full(jnp.shape(variable[...]), value, jnp.bool_)
+
+
+def _is_frozen(flag: nnx.Variable | None) -> bool:
+    value = connectivity_policy.concrete_bool(None if flag is None else jnp.all(flag[...]))
+    if value is None:
+        raise ValueError("is_frozen needs concrete variables: ask outside jit")
+    return value
+
+
+# --- Layers ------------------------------------------------------------------------
 
 
 class MaskedAggregation(nnx.Module):
@@ -100,7 +160,7 @@ class MaskedAggregation(nnx.Module):
         self.aggregation = aggregation
         self.deterministic = False  # nnx's train()/eval() switch: top-K when True
         shape = (self.num_outputs, self.num_inputs)
-        self.rngs = rng_stream(rngs)
+        self.rngs = _rng_stream(rngs)
         if connectivity in ("learned", "real"):
             real = jnp.full(shape, mask_init, jnp.float32)
             self.masks = Mask(real)
@@ -122,7 +182,7 @@ class MaskedAggregation(nnx.Module):
         """Whether the connectivity is fixed (always for ``random`` and ``full``)."""
         if self.mode in ("random", "full"):
             return True
-        return is_frozen(self.frozen)
+        return _is_frozen(self.frozen)
 
     def freeze(self, connectivity: Array | None = None) -> None:
         """Records the connectivity every later forward pass uses, in training too.
@@ -155,12 +215,12 @@ class MaskedAggregation(nnx.Module):
                 binary=self.mode == "learned",
             )
         self.connectivity[...] = record
-        set_flag(self.frozen, True)
+        _set_flag(self.frozen, True)
 
     def unfreeze(self) -> None:
         """Back to learning: sampled masks in training, top-K in evaluation."""
         if self.mode in ("learned", "real"):
-            set_flag(self.frozen, False)
+            _set_flag(self.frozen, False)
 
     def _masks(self, *, train: bool, rngs=None) -> tuple[Array, Array]:
         shape = (self.num_outputs, self.num_inputs)
@@ -180,7 +240,7 @@ class MaskedAggregation(nnx.Module):
             frozen,
             train=train,
             fan_in=self.fan_in,
-            key=key_source(self.rngs, rngs),
+            key=_key_source(self.rngs, rngs),
         )
         # Eager calls only (concrete values); a jitted loop uses mcjax.optim.check_masks.
         connectivity_policy.warn_if_outside_unit_interval(self.masks[...], frozen)
@@ -395,3 +455,226 @@ def prune(model: nnx.Module, *args, **kwargs) -> nnx.Module:
             mix.connectivity = Connectivity(used)
     prune_lib.check_pruned_output(pruned(*args, **kwargs), reference)
     return pruned
+
+
+# --- The paper's networks ------------------------------------------------------------
+
+
+def _wrap(tree, variable_type):
+    return jax.tree.map(variable_type, tree)
+
+
+def _unwrap(tree):
+    return jax.tree.map(lambda v: v[...], tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+class Network(nnx.Module):
+    """A network of :mod:`mcjax.architectures` as an NNX module: ``images -> logits``.
+
+    ``Network(net, rngs=...)`` runs the :class:`mcjax.models.Network` ``net``;
+    ``Network(arch, num_classes=..., ..., rngs=...)`` builds it from ``arch`` (an
+    :class:`~mcjax.architectures.Architecture` or a name, e.g. ``"20,4,8"``) and the
+    other fields of :class:`mcjax.models.Network` as keyword arguments, with its
+    defaults (``fan_in`` the paper's 4) and its checks. Runs :func:`mcjax.apply`: the
+    same logits, gradients and batch statistics as the functional network on the same
+    weights and masks.
+
+    Args:
+      net: the :class:`mcjax.models.Network`, or its ``arch``.
+      rngs: stream ``"params"`` for the weights, ``"masks"`` for the training masks.
+      variables: functional variables (:func:`mcjax.init`'s layout) to hold instead of
+        fresh ones.
+      frozen_connectivity: start frozen to these ``[L-1, C, C]`` masks, e.g. a
+        trainer's ``TrainState.fixed_masks``.
+      **fields: the fields of :class:`mcjax.models.Network` but ``arch``, when ``net``
+        is an architecture.
+
+    Variables: ``weights`` (``nnx.Param``: ``stem``, ``modules``, ``head`` as in the
+    functional ``params``), ``masks`` (:class:`Mask` ``[L-1, C, C]``: ``learned``,
+    ``real``), ``batch_stats`` (``nnx.BatchStat``), ``connectivity``
+    (:class:`Connectivity`: ``random``'s draw, or the record of ``freeze()``),
+    ``frozen`` (:class:`Frozen`: ``learned``, ``real``). The description is ``net``.
+    """
+
+    def __init__(
+        self,
+        net: models.Network | Architecture | str,
+        *,
+        rngs: nnx.Rngs,
+        variables: dict | None = None,
+        frozen_connectivity: Array | None = None,
+        **fields: Any,
+    ):
+        if isinstance(net, models.Network):
+            if fields:
+                raise TypeError(
+                    f"Network(net) takes its fields from the models.Network given, not "
+                    f"{sorted(fields)} too (dataclasses.replace(net, ...) changes them)"
+                )
+            self.net = net
+        else:
+            self.net = models.Network(net, **fields)
+        if variables is None:
+            variables = models.init(rngs.params(), self.net)
+        params = dict(variables["params"])
+        real_masks = params.pop("masks", None)
+        self.weights = nnx.data(_wrap(params, nnx.Param))
+        self.batch_stats = nnx.data(_wrap(dict(variables["batch_stats"]), nnx.BatchStat))
+        mode = self.net.connectivity
+        if self.net.has_masks:
+            real = jnp.asarray(real_masks)
+            self.masks = Mask(real)
+            placeholder = masks_lib.top_k(real, self.net.fan_in) if mode == "learned" else real
+            self.connectivity = Connectivity(placeholder)
+            self.frozen = Frozen(jnp.asarray(False))
+        if mode == "random":
+            self.connectivity = Connectivity(jnp.asarray(variables["connectivity"]))
+        self.rngs = _rng_stream(rngs)
+        self.use_running_average = False  # nnx's train()/eval() switch
+        if frozen_connectivity is not None:
+            self.freeze(frozen_connectivity)
+
+    @classmethod
+    def from_variables(
+        cls,
+        net: models.Network,
+        variables: dict,
+        *,
+        rngs=None,
+        frozen_connectivity: Array | None = None,
+    ) -> Network:
+        """The NNX network holding the functional ``variables`` of ``net`` (as from
+        :func:`mcjax.init`: ``params``, ``batch_stats``, ``connectivity``), frozen to
+        ``frozen_connectivity`` when given; ``rngs`` defaults to ``nnx.Rngs(0)``."""
+        return cls(
+            net,
+            rngs=rngs if rngs is not None else nnx.Rngs(0),
+            variables=variables,
+            frozen_connectivity=frozen_connectivity,
+        )
+
+    def to_variables(self) -> dict:
+        """The functional ``{"params", "batch_stats", "connectivity"}`` of ``self.net``
+        (:func:`mcjax.init`'s layout: ``connectivity`` is ``random``'s draw, else None;
+        a frozen record is :meth:`frozen_connectivity`)."""
+        params = _unwrap(self.weights)
+        if self.net.has_masks:
+            params["masks"] = self.masks[...]
+        return {
+            "params": params,
+            "batch_stats": _unwrap(self.batch_stats),
+            "connectivity": (self.connectivity[...] if self.net.connectivity == "random" else None),
+        }
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the connectivity is fixed (always for ``random`` and ``full``)."""
+        if not self.net.has_masks:
+            return True
+        return _is_frozen(self.frozen)
+
+    def freeze(self, connectivity: Array | None = None) -> None:
+        """Records the connectivity every later forward pass uses (phases 2-4).
+
+        ``learned``: the top-K of the masks (ties to the lower index), or the given
+        ``[L-1, C, C]`` K-hot masks (checked). ``real``: the masks as they are (or the
+        given ones). ``random``/``full``: fixed already. The masks then get a zero
+        gradient; the record and the flag are variables and travel with the state.
+        """
+        if not self.net.has_masks:
+            if connectivity is not None:
+                raise ValueError(f"{self.net.connectivity!r} connectivity is fixed already")
+            return
+        real = self.masks[...]
+        connectivity_policy.warn_if_outside_unit_interval(real)
+        if connectivity is None:
+            record = connectivity_policy.freeze(self.net, {"masks": real}, real)
+        else:
+            record = jnp.asarray(connectivity, jnp.float32)
+            checks.check_connectivity(
+                record,
+                self.net.arch.mask_shapes,
+                k=self.net.fan_in if self.net.connectivity == "learned" else None,
+                binary=self.net.connectivity == "learned",
+                name="the connectivity given to freeze",
+            )
+        self.connectivity[...] = record
+        _set_flag(self.frozen, True)
+
+    def unfreeze(self) -> None:
+        """Back to learning: sampled masks in training, top-K in evaluation."""
+        if self.net.has_masks:
+            _set_flag(self.frozen, False)
+
+    def _masks(self, *, train: bool, rngs=None) -> tuple[Array | None, Array | None]:
+        mode = self.net.connectivity
+        if not self.net.has_masks:
+            return None, (self.connectivity[...] if mode == "random" else None)
+        frozen = self.frozen[...]
+        if mode == "learned" and connectivity_policy.concrete_bool(frozen) is not False:
+            checks.check_connectivity(
+                self.connectivity[...],
+                self.net.arch.mask_shapes,
+                k=self.net.fan_in,
+                name="the frozen record",
+            )
+        return connectivity_policy.layer_masks(
+            mode,
+            self.masks[...],
+            self.connectivity[...],
+            frozen,
+            train=train,
+            fan_in=self.net.fan_in,
+            key=_key_source(self.rngs, rngs),
+        )
+
+    def frozen_connectivity(self) -> Array | None:
+        """The masks of evaluation: the record once frozen, else the top-K of the masks
+        (``learned``) or the masks (``real``); ``random``'s draw; ``None`` (``full``)."""
+        return self._masks(train=False)[1]
+
+    def __call__(self, images: Array, *, rngs=None) -> Array:
+        """``images [N, H, W, in_channels]`` -> float32 logits ``[N, num_classes]``.
+
+        In training mode (``model.train()``, the default) batch statistics are used
+        and the running ones updated, and ``learned`` samples its masks from the
+        ``"masks"`` stream (of ``rngs`` if given); in eval mode it uses their top-K;
+        once frozen, the recorded connectivity in both.
+        """
+        train = not self.use_running_average
+        params = _unwrap(self.weights)
+        real, forward = self._masks(train=train, rngs=rngs)
+        if self.net.has_masks:
+            params["masks"] = real
+            connectivity_policy.warn_if_outside_unit_interval(self.masks[...], self.frozen[...])
+        logits, new_stats = models.apply(
+            self.net,
+            params,
+            _unwrap(self.batch_stats),
+            images,
+            connectivity=forward,
+            train=train,
+        )
+        if train:
+            jax.tree.map(
+                lambda var, value: var.set_value(value),
+                self.batch_stats,
+                new_stats,
+                is_leaf=lambda x: isinstance(x, nnx.Variable),
+            )
+        return logits
+
+    def prune(self) -> prune_lib.PrunedModel:
+        """The network of the live blocks under :meth:`frozen_connectivity`
+        (:func:`mcjax.prune.drop_dead_blocks`; save it with :func:`mcjax.export.save`).
+
+        A ``learned`` network that is not frozen is pruned by the top-K of its masks,
+        which must then be decided: a row whose K-th and (K+1)-th largest masks tie
+        (e.g. a network never trained) is refused; ``freeze()`` first to choose.
+        """
+        if self.net.connectivity == "learned" and not self.is_frozen:
+            prune_lib.check_top_k_decided(self.masks[...], self.net.fan_in)
+        variables = self.to_variables()
+        return prune_lib.drop_dead_blocks(
+            self.net, variables["params"], variables["batch_stats"], self.frozen_connectivity()
+        )

@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mcjax.nnx_variables import Mask
+from mcjax.nnx import Mask
 
 __all__ = [
     "MASKS",

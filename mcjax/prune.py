@@ -13,8 +13,8 @@ Example::
 
     binary = mcjax.masks.top_k(params["masks"], net.fan_in)
     pruned = mcjax.prune.drop_dead_blocks(net, params, batch_stats, binary)
-    logits, _ = mcjax.apply(pruned.net, pruned.params, pruned.batch_stats, images,
-                            connectivity=pruned.connectivity, train=False)
+    logits = pruned.logits(images)  # mcjax.apply of the live blocks, eval mode
+    pruned.save("pruned_model", mean_image=mean_image)  # mcjax.export.save
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from mcjax import checks
+from mcjax import checks, export, models
 from mcjax.models import Network
 
 __all__ = [
@@ -65,6 +65,41 @@ class PrunedModel:
     batch_stats: dict
     connectivity: list[np.ndarray] | None
     live: list[np.ndarray]
+
+    def logits(self, images: jax.Array) -> jax.Array:
+        """``images [N, H, W, in_channels]`` -> float32 logits ``[N, num_classes]``:
+        :func:`mcjax.apply` of the live blocks in eval mode (the running BN statistics),
+        the unpruned network's logits with the same connectivity."""
+        logits, _ = models.apply(
+            self.net,
+            self.params,
+            self.batch_stats,
+            images,
+            connectivity=self.connectivity,
+            train=False,
+        )
+        return logits
+
+    def save(
+        self,
+        path: str,
+        *,
+        mean_image: np.ndarray,
+        std: np.ndarray | float = 1.0,
+        crop: int | None = None,
+    ) -> None:
+        """Writes the model with its test-time preprocessing (:func:`mcjax.export.save`;
+        :func:`mcjax.export.load` reads it back)."""
+        export.save(
+            path,
+            self.net,
+            self.params,
+            self.batch_stats,
+            self.connectivity,
+            mean_image=mean_image,
+            std=std,
+            crop=crop,
+        )
 
 
 def live_blocks(connectivity: Sequence, last_cardinality: int | None = None) -> list[np.ndarray]:
