@@ -111,7 +111,7 @@ def _to_rgb(image):
     if mode == "I":
         bits = _bits_per_sample(image)
         raise ImageRefused(
-            f"a {bits or 32}-bit integer image (mode I) has no standard scale to 8 bits; "
+            f"a {bits or 32}-bit integer image (mode I), which has no standard scale to 8 bits; "
             "save it with 8 or 16 bits per channel, or as floating point in [0, 1]"
         )
     if mode == "F":
