@@ -15,7 +15,7 @@ import sys
 import pytest
 from absl import flags
 
-from mcjax.training import exit_codes
+from mcjax.training import workdir as run_workdir
 
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
 
@@ -50,7 +50,7 @@ def run_main(monkeypatch, capsys):
 
 
 def _one_line(status, lines) -> str:
-    assert status == exit_codes.EXIT_BAD_INPUT == 2, lines
+    assert status == run_workdir.EXIT_BAD_INPUT == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
