@@ -31,7 +31,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 
 def summarize(config) -> dict:
     """The summary as a JSON-able dict (``params_train``, ``flops_per_image``, ``modules``)."""
-    net = training_config.from_config_dict(config).network()
+    typed = training_config.from_config_dict(config)
+    net = typed.model.network(typed.data)
     kwargs = dict(
         image_size=int(config.data.image_size),
         in_channels=int(config.data.channels),

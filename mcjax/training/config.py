@@ -595,27 +595,6 @@ class DataConfig(_Section):
         rules.data()
         _raise_problems(rules)
 
-    def make_input(
-        self, *, seed: int, batch_size: int, eval_batch_size: int, key: jax.Array
-    ) -> in_memory.InMemoryInput | in_memory.StreamingInput:
-        """The training and evaluation input (:func:`mcjax.data.in_memory.make_input`); raises
-        ``DataError`` for missing data."""
-        return in_memory.make_input(
-            self.name,
-            data_dir=self.data_dir or None,
-            image_size=int(self.image_size),
-            seed=int(seed),
-            batch_size=int(batch_size),
-            eval_batch_size=int(eval_batch_size),
-            key=key,
-            num_classes=int(self.num_classes),
-            options={
-                field: getattr(self, field)
-                for field in _LOADER_OPTIONS
-                if getattr(self, field) is not None
-            },
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig(_Section):
@@ -760,9 +739,26 @@ class Config:
         rules.mask_learning_rate(self.model.connectivity)
         _raise_problems(rules)
 
-    def network(self) -> Network:
-        """The :class:`~mcjax.models.Network` this config trains."""
-        return self.model.network(self.data)
+    def make_input(self, *, key: jax.Array) -> in_memory.InMemoryInput | in_memory.StreamingInput:
+        """The training and evaluation input: ``data``'s data set in ``schedule``'s batches,
+        in the order of ``run.seed``, augmented with ``key``
+        (:func:`mcjax.data.in_memory.make_input`); raises ``DataError`` for missing data."""
+        data = self.data
+        return in_memory.make_input(
+            data.name,
+            data_dir=data.data_dir or None,
+            image_size=int(data.image_size),
+            seed=int(self.run.seed),
+            batch_size=int(self.schedule.batch_size),
+            eval_batch_size=int(self.schedule.eval_batch_size),
+            key=key,
+            num_classes=int(data.num_classes),
+            options={
+                field: getattr(data, field)
+                for field in _LOADER_OPTIONS
+                if getattr(data, field) is not None
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as its file names the fields (``config.json``, the sweep's records)."""

@@ -104,14 +104,9 @@ def _run(
     start_time = time.time()
     is_writer = jax.process_index() == 0
     run, protocol = config.run, config.schedule
-    net = config.network()
+    net = config.model.network(config.data)
     init_key, mask_key, augment_key = steps.seed_keys(run.seed)
-    data = config.data.make_input(
-        seed=run.seed,
-        batch_size=protocol.batch_size,
-        eval_batch_size=protocol.eval_batch_size,
-        key=augment_key,
-    )
+    data = config.make_input(key=augment_key)
     protocol.check_fits(num_train=data.num_train, num_test=data.num_test, data_name=data.name)
     schedule = protocol.phases(data.num_train)
     tx = protocol.optimizer(schedule)

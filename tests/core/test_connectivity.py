@@ -23,7 +23,7 @@ def test_one_policy_decides_the_masks_of_every_mode():
         assert connectivity.source(mode, frozen=frozen, train=train) == expected
     config = tiny.digits_config()
     typed = from_config_dict(config)
-    net = typed.network()
+    net = typed.model.network(typed.data)
     schedule = typed.schedule.phases(1437)
     state = steps.create_state(net, typed.schedule.optimizer(schedule), jax.random.key(0))
     assert not bool(state.masks_frozen) and float(np.asarray(state.fixed_masks).sum()) > 0

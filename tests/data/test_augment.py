@@ -188,13 +188,7 @@ def test_rows_of_a_global_batch_do_not_depend_on_who_loads_them():
 
     config = digits.get_config()
     config.batch_size, config.eval_batch_size = 16, 12
-    typed = from_config_dict(config)
-    data = typed.data.make_input(
-        seed=typed.run.seed,
-        batch_size=typed.schedule.batch_size,
-        eval_batch_size=typed.schedule.eval_batch_size,
-        key=jax.random.key(5),
-    )
+    data = from_config_dict(config).make_input(key=jax.random.key(5))
     for step in (0, 7):
         images, labels = data.train_batch(step)
         for rows in (slice(0, 4), slice(4, 12), slice(12, 16)):

@@ -23,7 +23,7 @@ def template(config):
     from mcjax.training.config import from_config_dict
 
     typed = from_config_dict(config)
-    net = typed.network()
+    net = typed.model.network(typed.data)
     tx = typed.schedule.optimizer(typed.schedule.phases(1437))
     return steps.create_state(net, tx, jax.random.key(0))
 

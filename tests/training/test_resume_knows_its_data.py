@@ -109,7 +109,7 @@ def _abstract_state(config):
     from mcjax.training import steps
 
     typed = resume_rules.from_config_dict(config)
-    net = typed.network()
+    net = typed.model.network(typed.data)
     tx = typed.schedule.optimizer(typed.schedule.phases(1437))
     return jax.eval_shape(lambda: steps.create_state(net, tx, jax.random.key(0)))
 
