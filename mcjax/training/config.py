@@ -538,9 +538,9 @@ class ModelConfig(_Section):
     fan_in: int
     aggregation: str
     branch_impl: str = _resumable()
-    mask_init: float = dataclasses.field()
+    mask_init: float
     zero_init_residual: bool | str = _resumable()
-    full_per_branch_bn: bool = dataclasses.field()
+    full_per_branch_bn: bool
     dtype: str = _resumable()
 
     def __post_init__(self):
@@ -583,9 +583,9 @@ class DataConfig(_Section):
 
     name: str
     data_dir: str = _resumable()
-    image_size: int = dataclasses.field()
-    channels: int = dataclasses.field()
-    num_classes: int = dataclasses.field()
+    image_size: int
+    channels: int
+    num_classes: int
     folder_image_size: int | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -610,9 +610,9 @@ class ScheduleConfig(_Section):
     mask_learning_rate: float
     batch_size: int
     eval_batch_size: int = _resumable()
-    momentum: float = dataclasses.field()
-    weight_decay: float = dataclasses.field()
-    decay_norm_and_bias: bool = dataclasses.field()
+    momentum: float
+    weight_decay: float
+    decay_norm_and_bias: bool
 
     def __post_init__(self):
         rules = _Rules(self)

@@ -91,6 +91,10 @@ def _status(code) -> int:
     return 1
 
 
+def _exit_as_system_exit(status: int):
+    raise SystemExit(status)
+
+
 def run_module(module: str, args: Sequence[str] = (), *, cwd=REPO_ROOT) -> Outcome:
     """``python -m MODULE ARGS`` run in this process from ``cwd``; never raises SystemExit.
 
@@ -105,6 +109,10 @@ def run_module(module: str, args: Sequence[str] = (), *, cwd=REPO_ROOT) -> Outco
         with (
             _own_flags(),
             mock.patch.object(app, "run", _app_run),
+            # mcjax.main ends a failed run with os._exit where a library thread (left by an
+            # earlier test: orbax's metadata store, a prefetch worker) is still alive; in
+            # this process that would end the test session.
+            mock.patch.object(os, "_exit", _exit_as_system_exit),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
             warnings.catch_warnings(),
