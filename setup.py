@@ -11,7 +11,8 @@ setup(
     long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # configs/ is not installed: its files are run by path and import mcjax.training.defaults.
+    # configs/ is not installed: its files are run by path and import mcjax.configs (the
+    # defaults and the digits quick start, which ship inside the package).
     packages=find_packages(include=["mcjax", "mcjax.*"]),
     install_requires=[
         "absl-py>=1.0",

@@ -10,7 +10,7 @@ The data must be prepared once (needs TensorFlow and the network, elsewhere):
 Expected (paper, Table 3, best of 4): ``29,8,8`` learned K=4 95.1%, full 93.3%.
 """
 
-from mcjax.training import defaults
+from mcjax.configs import defaults
 
 
 def get_config():

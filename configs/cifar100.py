@@ -11,7 +11,7 @@ Expected (paper, Table 1, best of 4): ``29,8,8`` learned K=4 75.9% top-1,
 full (ResNeXt) 73.5%; ``29,64,8`` learned K=4 84.1%.
 """
 
-from mcjax.training import defaults
+from mcjax.configs import defaults
 
 
 def get_config():

@@ -10,7 +10,7 @@ Run::
 Expected (paper, Table 2): resnext50_32x4d learned K=16 79.1% top-1 / 94.1% top-5.
 """
 
-from mcjax.training import defaults
+from mcjax.configs import defaults
 
 
 def get_config():

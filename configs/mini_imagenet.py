@@ -12,7 +12,7 @@ max-pool (Table 6). Expected (paper, best of 4): ``29,8,8`` learned K=4 71.4%,
 full 68.1%, random K=4 68.0%.
 """
 
-from mcjax.training import defaults
+from mcjax.configs import defaults
 
 
 def get_config():

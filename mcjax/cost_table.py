@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mcjax import costs
-from mcjax.training import from_config
+from mcjax.training import config as training_config
 
 # Found from the package, so that the command runs from any directory.
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar100.py"
@@ -31,7 +31,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 
 def summarize(config) -> dict:
     """The summary as a JSON-able dict (``params_train``, ``flops_per_image``, ``modules``)."""
-    net = from_config.network(config)
+    typed = training_config.from_config_dict(config)
+    net = typed.model.network(typed.data)
     kwargs = dict(
         image_size=int(config.data.image_size),
         in_channels=int(config.data.channels),

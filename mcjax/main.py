@@ -11,14 +11,14 @@ Several processes (hosts, or one per GPU) run the same command; they join with
 A workdir that holds a checkpoint is resumed from it (the newest one whose checksums
 verify; a corrupt one is moved to ``workdir/corrupt_checkpoints`` with a warning).
 
-Exit statuses (constants in :mod:`mcjax.training.exit_codes`):
+Exit statuses (constants in :mod:`mcjax.training.workdir`):
 
 * 0: finished.
 * 2 (``EXIT_BAD_INPUT``): one ``error:`` line per problem, no traceback: a bad flag,
   config file or config field (also a misspelt field, a value of the wrong type, a flag
   given twice, more steps than int32 holds), bad data, batches larger than the data, a
   workdir that is a file, not writable, in use by another run, or holding the run of
-  another config, network or data (see "Runs survive interruptions" in the README for
+  another config, network or data (see docs/reliability.md for
   what may change on resume), an error of the file system during the run (full, bytes
   or inodes; read-only; a path removed or replaced: the last finished checkpoint is
   intact), or a lost workdir lock that another run holds now.
@@ -47,18 +47,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mcjax.data import sources
-from mcjax.training import (
-    checkpoint,
-    distributed,
-    exit_codes,
-    filesystem,
-    loop,
-    preemption,
-    resume_rules,
-    run_outputs,
-    validation,
-    workdir_lock,
-)
+from mcjax.training import config as training_config
+from mcjax.training import distributed, loop, outputs
+from mcjax.training import workdir as workdir_lib
 
 # A value echoed in an error line is cut to this many characters (a 100,000-character
 # override would otherwise be printed whole).
@@ -75,13 +66,13 @@ def _shorten(text: str) -> str:
 
 def _fail(message: str) -> None:
     print(f"error: {_shorten(message)}", file=sys.stderr)
-    sys.exit(exit_codes.EXIT_BAD_INPUT)
+    sys.exit(workdir_lib.EXIT_BAD_INPUT)
 
 
 def _fail_all(problems) -> None:
     for problem in problems:
         print(f"error: {_shorten(problem)}", file=sys.stderr)
-    sys.exit(exit_codes.EXIT_BAD_INPUT)
+    sys.exit(workdir_lib.EXIT_BAD_INPUT)
 
 
 def _unknown_field(error: Exception, argv: list[str]) -> str:
@@ -101,7 +92,8 @@ def _unknown_field(error: Exception, argv: list[str]) -> str:
     return f"{flag}: the config has no field {field!r}{hint}"
 
 
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
+# The quick start ships inside the package, so that the command runs from any directory.
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "digits.py"
 try:
     _CONFIG = config_flags.DEFINE_config_file(
         "config", str(_DEFAULT_CONFIG), "Training config file.", lock_config=True
@@ -289,8 +281,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    config = _CONFIG.value
-    workdir = os.path.join("runs", config.data.name) if _WORKDIR.value is None else _WORKDIR.value
+    config_dict = _CONFIG.value
+    workdir = (
+        os.path.join("runs", str(config_dict.data.name))
+        if _WORKDIR.value is None
+        else _WORKDIR.value
+    )
     problem = _workdir_problem(workdir)
     if problem:
         _fail(problem)
@@ -303,43 +299,43 @@ def main(argv):
         )
     except ValueError as error:
         _fail(str(error))
-    try:  # every field, before anything is loaded or compiled
-        validation.validate_config(config, num_devices=jax.device_count())
-        resume_rules.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
+    try:  # every field, before anything is loaded or compiled; the only reading of the dict
+        config = training_config.from_config_dict(config_dict, num_devices=jax.device_count())
+        training_config.check_workdir_matches(workdir, config, force=_FORCE_RESUME.value)
         mismatch = distributed.check_same_config(config.to_dict(), workdir)
         if mismatch:
-            raise validation.ConfigError(mismatch)
-    except validation.ConfigError as error:
+            raise training_config.ConfigError(mismatch)
+    except training_config.ConfigError as error:
         _fail_all(error.problems)
     logging.info("workdir %s", workdir)
-    filesystem.quiet_failed_saves(logging.get_absl_handler())
+    workdir_lib.quiet_failed_saves(logging.get_absl_handler())
     try:
         summary = loop.train_and_evaluate(config, workdir, force_resume=_FORCE_RESUME.value)
-    except validation.ConfigError as error:
+    except training_config.ConfigError as error:
         _fail_all(error.problems)
     except (
         sources.DataError,
-        checkpoint.CheckpointMismatch,
-        workdir_lock.WorkdirBusy,
-        workdir_lock.BadWorkdir,
+        workdir_lib.CheckpointMismatch,
+        workdir_lib.WorkdirBusy,
+        workdir_lib.BadWorkdir,
     ) as error:
         _fail(str(error))
-    except workdir_lock.LockLost as error:
+    except workdir_lib.LockLost as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_PREEMPTED if error.resumable else exit_codes.EXIT_BAD_INPUT)
+        sys.exit(workdir_lib.EXIT_PREEMPTED if error.resumable else workdir_lib.EXIT_BAD_INPUT)
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_NON_FINITE)
-    except preemption.Preempted as stopped:
+        sys.exit(workdir_lib.EXIT_NON_FINITE)
+    except workdir_lib.Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
-        sys.exit(exit_codes.EXIT_PREEMPTED)
+        sys.exit(workdir_lib.EXIT_PREEMPTED)
     except Exception as error:  # the file system's, in whatever form it arrives
-        found = filesystem.as_os_error(error)
+        found = workdir_lib.as_os_error(error)
         if found is None:
             raise
         _fail(_os_error_line(found, workdir))
     if jax.process_index() == 0:
-        print(run_outputs.format_summary(summary))
+        print(outputs.format_summary(summary))
 
 
 def _exit_without_stranded_threads(status) -> None:

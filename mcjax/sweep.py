@@ -39,7 +39,7 @@ import sys
 from mcjax.sweeps import grid, local, plan, presets, report, slurm
 from mcjax.sweeps.lock import SweepLock
 from mcjax.sweeps.resolve import SweepError, shown
-from mcjax.training import exit_codes
+from mcjax.training import workdir as run_workdir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,7 +154,7 @@ def _announce(sweep: plan.Sweep):
 def _error(*problems: str) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    return exit_codes.EXIT_BAD_INPUT
+    return run_workdir.EXIT_BAD_INPUT
 
 
 def _os_error(error: OSError) -> str:
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(error))
     except OSError as error:
         return _error(_os_error(error))
-    if status != exit_codes.EXIT_PREEMPTED:
+    if status != run_workdir.EXIT_PREEMPTED:
         print(table, end="")
     return status
 

@@ -186,6 +186,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     from support import tiny, workdirs
 
     from mcjax.training import loop
+    from mcjax.training.config import from_config_dict
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
@@ -198,7 +199,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
                 summary = json.load(f)
         else:
             shutil.rmtree(workdir, ignore_errors=True)  # a worker that died while training
-            summary = loop.train_and_evaluate(config, str(workdir))
+            summary = loop.train_and_evaluate(from_config_dict(config), str(workdir))
     assert workdirs.checkpoint_steps(workdir) == tiny.CHECKPOINT_STEPS
     return TinyRun(config, workdir, summary)
 

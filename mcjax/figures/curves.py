@@ -8,7 +8,7 @@ value up to each record: it is drawn as a step function (``drawstyle="steps-pre"
 
 Example::
 
-    records = mcjax.training.metric_writers.read_records("runs/digits/metrics.jsonl")
+    records = mcjax.training.metrics.read_records("runs/digits/metrics.jsonl")
     plot_learning_curves(records, "curves.png", title="digits")
 """
 

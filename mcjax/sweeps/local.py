@@ -1,7 +1,7 @@
 """Runs a sweep's runs one after another on this machine, each as ``python -m mcjax.main``.
 
 Each run is its own process, so it has the program's behaviour and exit statuses
-(:mod:`mcjax.training.preemption`), its own memory and devices, and a crash or a
+(:mod:`mcjax.training.workdir`), its own memory and devices, and a crash or a
 diverged run does not take the sweep down. The sweep survives preemption like a run:
 
 * The first SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) is passed to the
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from mcjax import safe_files
 from mcjax.sweeps.plan import Run, Sweep, read_summary
 from mcjax.sweeps.resolve import shown
-from mcjax.training import exit_codes
+from mcjax.training import workdir as run_workdir
 
 _STOP_WITH_PARENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stop_with_parent.py")
 
@@ -170,17 +170,17 @@ def run_all(
                 failed.append(1)
                 continue
             detail = shown(_last_error(log_path), 300)
-            if status == exit_codes.EXIT_PREEMPTED:
+            if status == run_workdir.EXIT_PREEMPTED:
                 out(f"  stopped (exit 75): {detail}")
                 forward.stopping = forward.stopping or "preemption of the run"
                 break
             out(f"  failed (exit {status}): {detail}")
-            if status == exit_codes.EXIT_BAD_INPUT:
+            if status == run_workdir.EXIT_BAD_INPUT:
                 return status
             failed.append(status)
     if forward.stopping and any(run.status() != "finished" for run in runs):
         out(f"sweep stopped ({forward.stopping}); run the same command again to resume")
-        return exit_codes.EXIT_PREEMPTED
+        return run_workdir.EXIT_PREEMPTED
     if failed:
-        return exit_codes.EXIT_NON_FINITE if exit_codes.EXIT_NON_FINITE in failed else 1
+        return run_workdir.EXIT_NON_FINITE if run_workdir.EXIT_NON_FINITE in failed else 1
     return 0

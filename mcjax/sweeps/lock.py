@@ -1,6 +1,6 @@
 """One sweep per sweep directory: an exclusive ``flock`` on ``DIR/.sweep.lock``.
 
-The same kind of lock as a run's (:mod:`mcjax.training.workdir_lock`): the lock belongs
+The same kind of lock as a run's (:mod:`mcjax.training.workdir`): the lock belongs
 to the open file, so the kernel releases it when the sweep ends in any way (SIGKILL
 included) and there is never a stale lock to delete by hand. The file is opened with
 ``O_NOFOLLOW`` (:func:`mcjax.safe_files.open_no_follow`), so a link planted in its

@@ -25,7 +25,7 @@ from mcjax.sweeps.resolve import (
     read_json,
     shown,
 )
-from mcjax.training import validation
+from mcjax.training import config as training_config
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"
@@ -38,7 +38,7 @@ MAX_RUNS = 10_000
 # (orbax's temporary checkpoint paths are the longest, about 120 bytes).
 _RESERVED_PATH_BYTES = 256
 
-# A finished run's summary.json has these (mcjax.training.run_outputs), as numbers or,
+# A finished run's summary.json has these (mcjax.training.outputs), as numbers or,
 # for the last, a list; without them the run has not finished (a truncated write).
 _SUMMARY_FIELDS = {
     "test_accuracy": (int, float),
@@ -265,8 +265,8 @@ def plan(
         if key in kept:
             continue
         try:
-            validation.validate_config(config, num_devices=1)
-        except validation.ConfigError as error:
+            training_config.from_config_dict(config, num_devices=1)
+        except training_config.ConfigError as error:
             label = grid.run_name(applicable, 0, names).rsplit(",seed=", 1)[0] or "the config"
             problems += [f"{label}: {p}" for p in error.problems]
             continue

@@ -14,7 +14,7 @@ from mcjax import safe_files
 from mcjax.sweeps import aggregate
 from mcjax.sweeps.plan import Run, Sweep
 from mcjax.sweeps.resolve import shown
-from mcjax.training.metric_writers import read_records
+from mcjax.training.metrics import read_records
 
 
 def _label(row: dict, without: tuple[str, ...] = ()) -> str:

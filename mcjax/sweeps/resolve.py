@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 # The fields a resumed or skipped run may differ in: the training program's one list.
-from mcjax.training.resume_rules import RESUMABLE_FIELDS
+from mcjax.training.config import RESUMABLE_FIELDS
 
 # Unicode's control characters and its line and paragraph separators: what may not go
 # into a line of a generated script or of a one-line message.
@@ -102,8 +102,8 @@ def _flatten(tree, prefix: str = "") -> dict:
 def differences(saved: Mapping, config) -> list[str]:
     """The fields in which a run's saved ``config.json`` differs from ``config``, as
     ``"field: saved -> now"``, by the training program's rule
-    (:func:`mcjax.training.resume_rules.check_workdir_matches`): every field but
-    :data:`~mcjax.training.resume_rules.RESUMABLE_FIELDS`, not ``fan_in`` when both use
+    (:func:`mcjax.training.config.check_workdir_matches`): every field but
+    :data:`~mcjax.training.config.RESUMABLE_FIELDS`, not ``fan_in`` when both use
     ``full``, and not a field the saved config does not have (written before it existed)."""
     now = _flatten(json.loads(json.dumps(config.to_dict())))  # tuples as JSON lists
     before = _flatten(saved)

@@ -1,12 +1,11 @@
-"""Joining a multi-process job (``jax.distributed``) and agreeing across processes.
+"""Joining a multi-process job (``jax.distributed``), agreeing across processes, placing data.
 
 JAX's multi-controller runtime runs one Python process per host (or per GPU); each
 runs the same program on its local devices and they meet in collectives. This
 module starts that runtime and provides the few host-side agreements the training
 loop needs: that every process runs the same config, and whether any process was
 asked to stop. With one process every function is a cheap local no-op, so the
-single-host path needs no special cases.
-"""
+single-host path needs no special cases."""
 
 from __future__ import annotations
 
@@ -17,19 +16,25 @@ import socket
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-MODES = ("auto", "on", "off")
+from mcjax import parallel
 
 __all__ = [
     "MODES",
+    "Placement",
     "any_process",
     "barrier",
     "check_same_config",
+    "data_mesh",
     "describe",
     "initialize",
     "is_cluster_environment",
 ]
+
+
+MODES = ("auto", "on", "off")
 
 
 def is_cluster_environment(environ: dict[str, str] | None = None) -> bool:
@@ -154,3 +159,36 @@ def check_same_config(config_dict: dict, workdir: str) -> list[str]:
                     "every process must run the same command"
                 )
     return problems
+
+
+# --- Placement: where a step's data goes ----------------------------------------------------
+# Where a step's data goes: a data-parallel mesh over every device, and each process's rows.
+#
+# On one device batches stay as they are (plain ``jit``); otherwise each process loads only
+# its rows of every global batch (:func:`mcjax.parallel.process_rows`) and
+# :class:`Placement` assembles them into global arrays on the mesh.
+
+
+def data_mesh():
+    """A data-parallel mesh over every device of the job, or None on one device (plain jit)."""
+    mesh = None if jax.device_count() == 1 else parallel.make_mesh()
+    logging.info("%s", describe(mesh))
+    return mesh
+
+
+class Placement:
+    """Where batches go: this process's rows of each global batch, as global arrays."""
+
+    def __init__(self, mesh, batch_size: int, eval_batch_size: int):
+        self.mesh = mesh
+        self.sizes = {"train": batch_size, "eval": eval_batch_size}
+        whole = slice(None)
+        self.rows = {
+            kind: whole if mesh is None else parallel.process_rows(mesh, size)
+            for kind, size in self.sizes.items()
+        }
+
+    def __call__(self, kind: str, local):
+        if self.mesh is None:
+            return local
+        return parallel.global_batch(self.mesh, local, self.sizes[kind])

@@ -1,14 +1,15 @@
 """The training program: the paper's four phases end to end (appendix E, docs/design.md §6).
 
-``train_and_evaluate(config, workdir)`` reads the config once, at its edge, and runs the
-pure steps of :mod:`mcjax.training.steps` over the phases of
-:mod:`mcjax.training.schedule`. Phase 1 trains weights and masks jointly; when phase 2
-starts the masks are frozen (:mod:`mcjax.connectivity`, recorded in the checkpointed
-state); phases 2-4 fine-tune the weights; then the dead blocks are pruned and the run's
-outputs written (:mod:`mcjax.training.run_outputs`). Everything random is a pure function
-of ``config.seed`` and the step, so a resumed run retraces the same path bit for bit.
+``train_and_evaluate(config, workdir)`` takes the typed, checked config
+(:class:`mcjax.training.config.Config`, made once by the entry point) and runs the pure
+steps of :mod:`mcjax.training.steps` over the phases of :mod:`mcjax.training.schedule`.
+Phase 1 trains weights and masks jointly; when phase 2 starts the masks are frozen
+(:mod:`mcjax.connectivity`, recorded in the checkpointed state); phases 2-4 fine-tune the
+weights; then the dead blocks are pruned and the run's outputs written
+(:mod:`mcjax.training.outputs`). Everything random is a pure function of
+``config.run.seed`` and the step, so a resumed run retraces the same path bit for bit.
 Its resources (workdir lock, signal handlers, checkpointer, writers) live in one
-``contextlib.ExitStack``.
+``contextlib.ExitStack`` (:mod:`mcjax.training.workdir`).
 """
 
 from __future__ import annotations
@@ -23,63 +24,56 @@ import numpy as np
 from absl import logging
 
 from mcjax import connectivity, parallel, prune
-from mcjax.training import (
-    distributed,
-    from_config,
-    placement,
-    preemption,
-    resume_rules,
-    run_outputs,
-    steps,
-    validation,
-    workdir_lock,
-)
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import MetricWriter
-from mcjax.training.progress import Progress
-from mcjax.training.train_log import TrainLog
+from mcjax.training import config as config_lib
+from mcjax.training import distributed, outputs, steps
+from mcjax.training import workdir as workdir_lib
+from mcjax.training.metrics import MetricWriter, Progress, TrainLog
+from mcjax.training.workdir import Checkpointer
 
 __all__ = ["train_and_evaluate"]
 
 
-def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
+def train_and_evaluate(
+    config: config_lib.Config, workdir: str, *, force_resume: bool = False
+) -> dict:
     """Runs the whole protocol in ``workdir``, resuming from its checkpoint; returns the summary.
 
-    The workdir is locked for the run's life (:mod:`mcjax.training.workdir_lock`).
+    The workdir is locked for the run's life (:class:`mcjax.training.workdir.WorkdirLock`).
     Nothing in it is written before the checkpoint is restored, so a refused resume
     leaves every file as it was.
 
     Args:
-      config: the training config (validated here too).
+      config: the training config, typed and checked
+        (:func:`mcjax.training.config.from_config_dict`).
       workdir: the run's directory.
       force_resume: resume a checkpoint whose metadata names another seed, model or
         data set (the command line's ``--force_resume``).
 
     Raises:
-      mcjax.training.preemption.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
+      mcjax.training.workdir.Preempted: on SIGTERM/SIGINT, after saving a checkpoint at the
         step it stopped at (also during the final evaluation and outputs).
       FloatingPointError: on a non-finite loss or gradient, naming the step and phase;
         the last checkpoint (saved before it) is finished and intact.
-      mcjax.training.validation.ConfigError: the batches do not fit the data, or the
-        checkpoint was made with another seed, model or data set.
-      mcjax.training.checkpoint.CheckpointMismatch: the checkpoint is of another layout.
-      mcjax.training.workdir_lock.WorkdirBusy: another run holds the workdir.
-      mcjax.training.workdir_lock.BadWorkdir: one of the run's directories in the
+      mcjax.training.config.ConfigError: the batches do not fit the data or these
+        devices, or the checkpoint was made with another seed, model or data set.
+      mcjax.training.workdir.CheckpointMismatch: the checkpoint is of another layout.
+      mcjax.training.workdir.WorkdirBusy: another run holds the workdir.
+      mcjax.training.workdir.BadWorkdir: one of the run's directories in the
         workdir is a file or a link.
-      mcjax.training.workdir_lock.LockLost: ``workdir/.lock`` was deleted or replaced
+      mcjax.training.workdir.LockLost: ``workdir/.lock`` was deleted or replaced
         (or the workdir removed) during the run; a checkpoint at the step it stopped
         at was saved when ``resumable`` (no other run held the workdir).
       OSError: the file system refused a write (full, read-only, a path replaced); the
         checkpoints finished before it are intact.
     """
-    validation.validate_config(config, num_devices=jax.device_count())
+    config.schedule.check_devices(jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as resources:
         lock = resources.enter_context(
-            workdir_lock.WorkdirLock(workdir, is_primary=jax.process_index() == 0)
+            workdir_lib.WorkdirLock(workdir, is_primary=jax.process_index() == 0)
         )
-        workdir_lock.check_layout(workdir)
-        stop = resources.enter_context(preemption.StopRequests())
+        workdir_lib.check_layout(workdir)
+        stop = resources.enter_context(workdir_lib.StopRequests())
         return _run(config, workdir, stop, lock, resources, force_resume)
 
 
@@ -95,35 +89,30 @@ def _close_all(*closers) -> None:
 def _write_frozen(workdir: str, step: int, net, state) -> None:
     """``connectivity_frozen.json``: the connectivity phases 2-4 use, as frozen at ``step``."""
     live = prune.live_blocks(np.asarray(state.fixed_masks))
-    record = run_outputs.connectivity_record(net, state.fixed_masks, state.params["masks"], live)
-    run_outputs.write_json(
-        os.path.join(workdir, "connectivity_frozen.json"), {"step": step, **record}
-    )
+    record = outputs.connectivity_record(net, state.fixed_masks, state.params["masks"], live)
+    outputs.write_json(os.path.join(workdir, "connectivity_frozen.json"), {"step": step, **record})
 
 
 def _run(
-    config,
+    config: config_lib.Config,
     workdir: str,
-    stop: preemption.StopRequests,
-    lock: workdir_lock.WorkdirLock,
+    stop: workdir_lib.StopRequests,
+    lock: workdir_lib.WorkdirLock,
     resources,
     force_resume: bool,
 ):
     start_time = time.time()
     is_writer = jax.process_index() == 0
-    net = from_config.network(config)
-    init_key, mask_key, augment_key = steps.seed_keys(int(config.seed))
-    data = from_config.data_input(config, key=augment_key)
-    validation.check_batches_fit(
-        config, num_train=data.num_train, num_test=data.num_test, data_name=data.name
-    )
-    validation.check_schedule_fits(config, num_train=data.num_train)
-    schedule = from_config.schedule(config, data.num_train)
-    tx = from_config.optimizer(config, schedule)
-    mesh = placement.data_mesh()
-    nan_at_step = int(config.get("debug_inject_nan_at_step", -1))
-    step_fns, eval_fns = steps.compiled_steps(net, tx, mask_key, nan_at_step, mesh)
-    place = placement.Placement(mesh, data.batch_size, data.eval_batch_size)
+    run, protocol = config.run, config.schedule
+    net = config.model.network(config.data)
+    init_key, mask_key, augment_key = steps.seed_keys(run.seed)
+    data = config.make_input(key=augment_key)
+    protocol.check_fits(num_train=data.num_train, num_test=data.num_test, data_name=data.name)
+    schedule = protocol.phases(data.num_train)
+    tx = protocol.optimizer(schedule)
+    mesh = distributed.data_mesh()
+    step_fns, eval_fns = steps.compiled_steps(net, tx, mask_key, run.debug_inject_nan_at_step, mesh)
+    place = distributed.Placement(mesh, data.batch_size, data.eval_batch_size)
 
     def run_evaluation(state, frozen: bool):
         batches = data.eval_batches(place.rows["eval"])
@@ -136,17 +125,17 @@ def _run(
         static_argnums=(0, 1),
         out_shardings=None if mesh is None else parallel.state_sharding(mesh),
     )(net, tx, init_key)
-    checkpointer = Checkpointer(workdir, keep=int(config.keep_checkpoints), is_primary=is_writer)
+    checkpointer = Checkpointer(workdir, keep=run.keep_checkpoints, is_primary=is_writer)
     # Unwinds last-in first-out: an error closes the writers and waits for the last save.
     resources.callback(lambda: _close_all(checkpointer.close))
     meta_base = {
         "model": config.model.to_dict(),  # with the compute dtype of the steps it saved
         "data": config.data.name,
         # What data the steps were trained on (every input has a fingerprint), and
-        # where it was read from: a resume on other data is refused (resume_rules).
+        # where it was read from: a resume on other data is refused (the resume rules).
         "data_fingerprint": data.fingerprint,
-        "data_dir": config.data.get("data_dir") or "",
-        "seed": int(config.seed),
+        "data_dir": config.data.data_dir or "",
+        "seed": run.seed,
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
     }
@@ -155,13 +144,13 @@ def _run(
     if restored is not None:
         state, meta, latest = restored
         if not force_resume:
-            resume_rules.check_checkpoint_meta(meta, meta_base, latest)
+            config_lib.check_checkpoint_meta(meta, meta_base, latest)
         recorded_fingerprint = meta.get("data_fingerprint")
         logging.info("Resumed from step %d (phase %s) in %s", latest, meta.get("phase"), workdir)
     # Only now, with a state that fits, is anything in the workdir written: config.json
     # at the first start, a record of what changed at every later one.
     if is_writer:
-        resume_rules.record_start(
+        config_lib.record_start(
             workdir,
             config,
             step=int(state.step),
@@ -181,7 +170,7 @@ def _run(
     log = TrainLog(
         net,
         schedule,
-        from_config.learning_rates(config, schedule),
+        protocol.learning_rates(schedule),
         writer=writer,
         progress=progress,
         on_non_finite=lambda: _finish_last_save(checkpointer),
@@ -194,9 +183,9 @@ def _run(
         schedule.steps_per_epoch,
         schedule.phase_steps,
     )
-    log_every = max(1, int(config.log_every_steps))
-    eval_every = max(1, round(float(config.eval_every_epochs) * schedule.steps_per_epoch))
-    save_every = max(1, int(config.checkpoint_every_steps))
+    log_every = max(1, run.log_every_steps)
+    eval_every = max(1, round(float(run.eval_every_epochs) * schedule.steps_per_epoch))
+    save_every = max(1, run.checkpoint_every_steps)
     reports_top5 = data.spec.top5
     saved = start_step  # the step of the newest checkpoint
     final = None  # the evaluation at the last step, reused for the summary
@@ -207,7 +196,7 @@ def _run(
         checkpointer.save(done, state, {**meta_base, "phase": schedule.phase(done - 1)})
         saved = done
 
-    def stopped(done: int) -> preemption.Preempted:
+    def stopped(done: int) -> workdir_lib.Preempted:
         log.flush(done, state.params)
         if saved != done:
             save(done)
@@ -215,16 +204,16 @@ def _run(
         writer.close()
         checkpointer.close()  # waits for the save and writes its checksums
         logging.warning("%s: stopped after step %d with a checkpoint", stop.signal_name, done)
-        return preemption.Preempted(done, stop.signal_name, checkpointer.directory)
+        return workdir_lib.Preempted(done, stop.signal_name, checkpointer.directory)
 
-    def lock_lost(done: int, reason: str | None) -> workdir_lock.LockLost:
-        """Stops a run whose lock no longer excludes others (see workdir_lock)."""
+    def lock_lost(done: int, reason: str | None) -> workdir_lib.LockLost:
+        """Stops a run whose lock no longer excludes others (see WorkdirLock)."""
         reason = reason or "process 0 lost the workdir lock"
         blocked = lock.retake() if is_writer else None
         if distributed.any_process(blocked is not None):
             # Another run may own the workdir now: write nothing more into it.
             progress.close()
-            return workdir_lock.LockLost(
+            return workdir_lib.LockLost(
                 f"{reason} during the run, and the lock cannot be taken again: {blocked}; "
                 f"this run stopped after step {done} without saving it (its last checkpoint "
                 f"is of step {saved})",
@@ -236,7 +225,7 @@ def _run(
         progress.close()
         writer.close()
         checkpointer.close()
-        return workdir_lock.LockLost(
+        return workdir_lib.LockLost(
             f"{reason} during the run, so another run could have started in {workdir}; no "
             f"other run holds it now: this run took the lock again, saved a checkpoint at "
             f"step {done} and stopped; make sure no other run uses the workdir, then run "
@@ -310,8 +299,8 @@ def _run(
     if final is None:  # resumed from the last step: nothing was evaluated in this process
         final = run_evaluation(state, frozen)
         honour_stop()
-    summary = run_outputs.finish(
-        config,
+    summary = outputs.finish(
+        config.data,
         workdir,
         net,
         state,

@@ -1,6 +1,6 @@
 """The four phases in steps, their learning rates, and the optimizer (docs/design.md §5-6).
 
-Built from explicit numbers; :mod:`mcjax.training.from_config` reads them from a config.
+Built from explicit numbers; :class:`mcjax.training.config.ScheduleConfig` passes a config's.
 """
 
 from __future__ import annotations

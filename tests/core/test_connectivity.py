@@ -5,7 +5,8 @@ import numpy as np
 from support import tiny
 
 from mcjax import connectivity
-from mcjax.training import from_config, steps
+from mcjax.training import steps
+from mcjax.training.config import from_config_dict
 
 
 def test_one_policy_decides_the_masks_of_every_mode():
@@ -21,9 +22,10 @@ def test_one_policy_decides_the_masks_of_every_mode():
     for (mode, frozen, train), expected in table.items():
         assert connectivity.source(mode, frozen=frozen, train=train) == expected
     config = tiny.digits_config()
-    net = from_config.network(config)
-    schedule = from_config.schedule(config, 1437)
-    state = steps.create_state(net, from_config.optimizer(config, schedule), jax.random.key(0))
+    typed = from_config_dict(config)
+    net = typed.model.network(typed.data)
+    schedule = typed.schedule.phases(1437)
+    state = steps.create_state(net, typed.schedule.optimizer(schedule), jax.random.key(0))
     assert not bool(state.masks_frozen) and float(np.asarray(state.fixed_masks).sum()) > 0
     assert connectivity.must_freeze(net, phase=2, frozen=False)
     assert not connectivity.must_freeze(net, phase=1, frozen=False)

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -106,17 +105,13 @@ def test_weights_follow_sgd_momentum_on_a_quadratic():
 
 def test_learning_rates_by_phase():
     # The training program's per-phase rates (optax.join_schedules of constants).
-    from mcjax.training import from_config
-    from mcjax.training.schedule import Schedule
+    from mcjax.training.schedule import Schedule, learning_rates
 
-    config = ml_collections.ConfigDict(
-        {
-            "weight_learning_rates": (0.1, 0.1, 0.01, 0.0),
-            "phase_epochs": (1, 1, 0.5, 0.5),
-            "mask_learning_rate": 0.2,
-        }
+    weights, masks = learning_rates(
+        Schedule(10, (10, 10, 5, 5)),
+        weight_learning_rates=(0.1, 0.1, 0.01, 0.0),
+        mask_learning_rate=0.2,
     )
-    weights, masks = from_config.learning_rates(config, Schedule(10, (10, 10, 5, 5)))
     steps = (0, 9, 10, 19, 20, 24, 25, 1000)
     np.testing.assert_allclose(
         [float(weights(s)) for s in steps], [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.0, 0.0]

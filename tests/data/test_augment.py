@@ -184,11 +184,11 @@ def test_rows_of_a_global_batch_do_not_depend_on_who_loads_them():
     """Each process loads its rows of every batch (multi-host); the rows must be the ones
     of the whole batch, augmentation included, and so must the evaluation rows."""
     from configs import digits
-    from mcjax.training import from_config
+    from mcjax.training.config import from_config_dict
 
     config = digits.get_config()
     config.batch_size, config.eval_batch_size = 16, 12
-    data = from_config.data_input(config, key=jax.random.key(5))
+    data = from_config_dict(config).make_input(key=jax.random.key(5))
     for step in (0, 7):
         images, labels = data.train_batch(step)
         for rows in (slice(0, 4), slice(4, 12), slice(12, 16)):

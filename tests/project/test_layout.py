@@ -198,12 +198,12 @@ def test_import_scanner_sees_every_form():
     source = (
         "import mcjax.training.loop\n"
         "from mcjax import figures\n"
-        "from ..training import checkpoint\n"
+        "from ..training import workdir\n"
         "def f():\n"
         "    from . import augment\n"
     )
     found = imported_modules(source, "mcjax.data.in_memory")
-    assert {"mcjax.training.loop", "mcjax.figures", "mcjax.training.checkpoint"} <= found
+    assert {"mcjax.training.loop", "mcjax.figures", "mcjax.training.workdir"} <= found
     assert "mcjax.data.augment" in found
     assert "mcjax.data" in imported_modules("from . import x", "mcjax.data", is_package=True)
 
@@ -349,3 +349,56 @@ def test_setup_installs_only_mcjax():
     assert "mcjax" in packages and "mcjax.training" in packages
     top_level = {name.split(".")[0] for name in packages}
     assert top_level == {"mcjax"}, f"setup.py installs top-level packages {sorted(top_level)}"
+
+
+# --- The config's edge ----------------------------------------------------------------
+
+# The modules that may read an ml_collections ConfigDict: the entry points, the module that
+# turns it into the typed config once (mcjax.training.config), the configs shipped in the
+# package, and the sweep's loading of config files with their overrides. Everything else
+# takes the typed config.
+CONFIG_EDGE = {
+    "mcjax/main.py",
+    "mcjax/sweep.py",
+    "mcjax/cost_table.py",
+    "mcjax/training/config.py",
+    "mcjax/sweeps/resolve.py",
+}
+CONFIG_FILES = "mcjax/configs/"
+
+
+def _config_dict_readings(source: str, module: str) -> list[str]:
+    """How ``source`` reads a ConfigDict: imports of ``ml_collections`` or of the config
+    files, or the name ``ConfigDict`` (as a name or an attribute)."""
+    found = set()
+    for name in imported_modules(source, module):
+        if name.split(".")[0] == "ml_collections":
+            found.add(f"imports {name}")
+        elif name == "mcjax.configs" or name.startswith("mcjax.configs."):
+            found.add("imports the config files (mcjax.configs)")
+    for node in ast.walk(ast.parse(source)):
+        name = getattr(node, "id", None) or getattr(node, "attr", None)
+        if name == "ConfigDict":
+            found.add("names ConfigDict")
+    return sorted(found)
+
+
+def test_no_module_below_the_config_edge_reads_a_config_dict():
+    # The scanner itself first: each form is caught.
+    sample = "import ml_collections\nfrom mcjax.configs import defaults\nx: cd.ConfigDict\n"
+    assert _config_dict_readings(sample, "mcjax.training.loop") == [
+        "imports ml_collections",
+        "imports the config files (mcjax.configs)",
+        "names ConfigDict",
+    ]
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(ROOT).as_posix()
+        if where in CONFIG_EDGE or where.startswith(CONFIG_FILES):
+            continue
+        module = _module_name(path)
+        problems += [
+            f"{where} {reading}"
+            for reading in _config_dict_readings(path.read_text(encoding="utf-8"), module)
+        ]
+    assert not problems, "below the config's edge, take the typed config:\n" + "\n".join(problems)

@@ -19,10 +19,12 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def template(config):
     """A state of ``config``'s network and optimizer to restore a checkpoint into."""
-    from mcjax.training import from_config, steps
+    from mcjax.training import steps
+    from mcjax.training.config import from_config_dict
 
-    net = from_config.network(config)
-    tx = from_config.optimizer(config, from_config.schedule(config, 1437))
+    typed = from_config_dict(config)
+    net = typed.model.network(typed.data)
+    tx = typed.schedule.optimizer(typed.schedule.phases(1437))
     return steps.create_state(net, tx, jax.random.key(0))
 
 

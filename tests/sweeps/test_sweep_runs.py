@@ -19,6 +19,7 @@ from support import REPO_ROOT, processes
 from support.tiny import TINY_FLAGS, digits_config
 
 from mcjax.training import loop
+from mcjax.training.config import from_config_dict
 
 
 def _wait_for(condition, timeout: float) -> bool:
@@ -83,7 +84,7 @@ def test_tiny_sweep_is_killed_resumes_and_aggregates(tmp_path):
     # The interrupted run ends where an uninterrupted one does, bit for bit.
     config = digits_config()
     config.seed = 1
-    reference = loop.train_and_evaluate(config, str(tmp_path / "reference"))
+    reference = loop.train_and_evaluate(from_config_dict(config), str(tmp_path / "reference"))
     by_name = {run["name"]: run for run in results["runs"]}
     assert by_name[names[1]]["state_digest"] == reference["state_digest"]
 

@@ -11,9 +11,10 @@ import time
 import numpy as np
 from support import workdirs
 
-from mcjax.training import loop, run_outputs
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import read_records
+from mcjax.training import loop, outputs
+from mcjax.training.config import from_config_dict
+from mcjax.training.metrics import read_records
+from mcjax.training.workdir import Checkpointer
 
 
 def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -53,7 +54,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tiny_run, tmp_pa
     _copy_with_damaged_step_22(tiny_run.workdir, workdir, "truncate")
     os.remove(workdir / "checkpoint_sums" / "22.sha256.json")
     with caplog.at_level("WARNING"):
-        summary = loop.train_and_evaluate(tiny_run.config, str(workdir))
+        summary = loop.train_and_evaluate(from_config_dict(tiny_run.config), str(workdir))
     _check_moved_aside(workdir, caplog)
     # Step 21 was restored and step 22 trained again, to the same state.
     assert summary["state_digest"] == tiny_run.digest
@@ -73,7 +74,7 @@ def test_flipped_bytes_in_latest_checkpoint_are_caught_by_checksums(tiny_run, tm
     checkpoints.close()
     warnings = _check_moved_aside(workdir, caplog)
     assert any("sha256" in w for w in warnings), warnings
-    assert step == 21 and run_outputs.state_digest(state) == run_outputs.state_digest(expected)
+    assert step == 21 and outputs.state_digest(state) == outputs.state_digest(expected)
     assert workdirs.checkpoint_steps(workdir)[-1] == 21
 
 

@@ -14,8 +14,8 @@ import pytest
 from support import fake_data, tiny, workdirs
 from support.entry_points import run_main
 
-from mcjax.training import checkpoint, exit_codes, workdir_lock
-from mcjax.training.checkpoint import Checkpointer
+from mcjax.training import workdir as run_workdir
+from mcjax.training.workdir import Checkpointer
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_read_only_workdir_is_one_error_line(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(workdir_lock.os, "open", refusing_open)
+    monkeypatch.setattr(run_workdir.os, "open", refusing_open)
     line = run_main("--workdir", str(workdir), *tiny.TINY_FLAGS).error_line()
     assert str(workdir) in line and "Read-only file system" in line
 
@@ -76,7 +76,7 @@ def test_full_disk_is_one_error_line_and_keeps_the_last_checkpoint(tiny_run, tmp
     programs are compiled, and loaded here from the compilation cache.)"""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    real_save = checkpoint.Checkpointer.save
+    real_save = run_workdir.Checkpointer.save
 
     def filling_save(self, step, state, meta):
         if step >= 6:
@@ -84,7 +84,7 @@ def test_full_disk_is_one_error_line_and_keeps_the_last_checkpoint(tiny_run, tmp
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real_save(self, step, state, meta)
 
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", filling_save)
+    monkeypatch.setattr(run_workdir.Checkpointer, "save", filling_save)
     line = run_main("--workdir", str(workdir), *tiny.TINY_FLAGS).error_line()
     assert "no space left" in line and str(workdir / "checkpoints" / "6") in line
     assert workdirs.checkpoint_steps(workdir) == [3]
@@ -102,7 +102,7 @@ def test_unprepared_cifar_is_one_error_line(tmp_path):
         "--workdir",
         str(tmp_path / "run"),
     )
-    assert ran.status == exit_codes.EXIT_BAD_INPUT
+    assert ran.status == run_workdir.EXIT_BAD_INPUT
     assert "cifar10" in ran.error_line()
 
 

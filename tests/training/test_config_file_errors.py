@@ -14,7 +14,7 @@ import re
 import pytest
 from support import entry_points
 
-from mcjax.training import exit_codes
+from mcjax.training import workdir as run_workdir
 
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
 
@@ -33,7 +33,7 @@ def run_main():
 
 
 def _one_line(status, lines) -> str:
-    assert status == exit_codes.EXIT_BAD_INPUT == 2, lines
+    assert status == run_workdir.EXIT_BAD_INPUT == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 

@@ -16,8 +16,9 @@ from support import fake_data, tiny, workdirs
 from configs import cifar10, cifar100, imagenet, mini_imagenet
 from mcjax import masks
 from mcjax.training import loop
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import read_records
+from mcjax.training.config import from_config_dict
+from mcjax.training.metrics import read_records
+from mcjax.training.workdir import Checkpointer
 
 OUTPUTS = [
     "config.json",
@@ -150,7 +151,7 @@ def test_imagenet_end_to_end_reports_top5(tmp_path):
 
 
 def _check_outputs_after(config, workdir, test_examples):
-    loop.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(from_config_dict(config), str(workdir))
     summary = _check_outputs(workdir, test_examples)
     assert os.path.exists(workdir / "pruned_model" / "model.json")
     return summary
@@ -166,7 +167,7 @@ def test_resume_after_interruption_gives_the_same_state(tiny_run, tmp_path):
         if name.isdigit() and int(name) > 6:
             shutil.rmtree(interrupted / "checkpoints" / name)
     os.remove(interrupted / "summary.json")
-    resumed = loop.train_and_evaluate(config, str(interrupted))
+    resumed = loop.train_and_evaluate(from_config_dict(config), str(interrupted))
     assert resumed["state_digest"] == summary["state_digest"]
     assert resumed["steps"] == summary["steps"] == tiny.TOTAL_STEPS
     steps = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r]

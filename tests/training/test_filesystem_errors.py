@@ -26,8 +26,8 @@ import pytest
 from support import entry_points
 from support.tiny import TINY_FLAGS
 
-from mcjax.training import checkpoint, exit_codes
-from mcjax.training.checkpoint import Checkpointer
+from mcjax.training import workdir as checkpoint
+from mcjax.training.workdir import Checkpointer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} |^step ")
@@ -76,7 +76,7 @@ def _after_first_step(monkeypatch, action) -> None:
 
 
 def _one_line(status, lines, err) -> str:
-    assert status == exit_codes.EXIT_BAD_INPUT == 2, err
+    assert status == checkpoint.EXIT_BAD_INPUT == 2, err
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
@@ -121,7 +121,7 @@ def test_a_full_disk_during_an_async_save_is_one_line_and_exit_2(
 
 
 def test_the_tracebacks_a_failed_save_prints_are_dropped(capsys):
-    from mcjax.training import filesystem
+    from mcjax.training import workdir as filesystem
 
     handler = logging.StreamHandler()
     filesystem.quiet_failed_saves(handler)

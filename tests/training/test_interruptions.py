@@ -21,13 +21,15 @@ from support import processes, tiny, workdirs
 from support.entry_points import run_main
 
 from mcjax.data import in_memory
-from mcjax.training import exit_codes, loop, preemption, run_outputs
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import read_records
+from mcjax.training import loop, outputs
+from mcjax.training import workdir as run_workdir
+from mcjax.training.config import from_config_dict
+from mcjax.training.metrics import read_records
+from mcjax.training.workdir import Checkpointer
 
 
 def _resume(config, workdir) -> dict:
-    summary = loop.train_and_evaluate(config, str(workdir))
+    summary = loop.train_and_evaluate(from_config_dict(config), str(workdir))
     steps = [r["step"] for r in read_records(workdir / "metrics.jsonl") if "train/loss" in r]
     assert steps == sorted(set(steps)), "a resumed run must not log a step twice"
     return summary
@@ -43,7 +45,7 @@ def test_sigterm_saves_exits_75_and_resumes(tiny_run, tmp_path):
         _, stderr = process.communicate(timeout=900)
     finally:
         process.kill()
-    assert process.returncode == exit_codes.EXIT_PREEMPTED == 75, stderr
+    assert process.returncode == run_workdir.EXIT_PREEMPTED == 75, stderr
     assert "Traceback" not in stderr
     lines = processes.message_lines(stderr)
     assert len(lines) == 1 and "SIGTERM" in lines[0], stderr
@@ -95,7 +97,7 @@ def test_sigkill_after_a_delay_then_resume_from_the_command_line(tiny_run, tmp_p
 
 def _check_stopped_at_non_finite_step(ran, workdir, config, k: int) -> None:
     """Exit 3, one line naming step ``k`` (phase 2), and the checkpoint of step 9 intact."""
-    assert ran.status == exit_codes.EXIT_NON_FINITE == 3, ran.err
+    assert ran.status == run_workdir.EXIT_NON_FINITE == 3, ran.err
     assert len(ran.lines) == 1, ran.err
     assert f"step {k} (phase 2)" in ran.lines[0] and "non-finite" in ran.lines[0]
     assert workdirs.checkpoint_steps(workdir) == [3, 6, 9]
@@ -142,16 +144,16 @@ def test_sigterm_during_the_final_outputs_exits_preempted(tiny_run, tmp_path, mo
     workdir = tmp_path / "run"
     # Every step done: only the final outputs are left.
     workdirs.copy_until(tiny_run.workdir, workdir, tiny.TOTAL_STEPS)
-    real_finish = run_outputs.finish
+    real_finish = outputs.finish
 
     def finish_under_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, during the export
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(run_outputs, "finish", finish_under_sigterm)
-    with pytest.raises(preemption.Preempted, match=f"SIGTERM after step {tiny.TOTAL_STEPS}"):
-        loop.train_and_evaluate(tiny_run.config, str(workdir))
-    monkeypatch.setattr(run_outputs, "finish", real_finish)
-    assert loop.train_and_evaluate(tiny_run.config, str(workdir))["state_digest"] == (
-        tiny_run.digest
-    )
+    monkeypatch.setattr(outputs, "finish", finish_under_sigterm)
+    with pytest.raises(run_workdir.Preempted, match=f"SIGTERM after step {tiny.TOTAL_STEPS}"):
+        loop.train_and_evaluate(from_config_dict(tiny_run.config), str(workdir))
+    monkeypatch.setattr(outputs, "finish", real_finish)
+    assert loop.train_and_evaluate(from_config_dict(tiny_run.config), str(workdir))[
+        "state_digest"
+    ] == (tiny_run.digest)

@@ -22,10 +22,11 @@ import pytest
 from support import processes
 from support.tiny import TINY_FLAGS
 
-from mcjax.training import exit_codes, loop, workdir_lock
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import read_records
-from mcjax.training.workdir_lock import LOCK_NAME, WorkdirLock
+from mcjax.training import loop
+from mcjax.training import workdir as workdir_lock
+from mcjax.training.config import from_config_dict
+from mcjax.training.metrics import read_records
+from mcjax.training.workdir import LOCK_NAME, Checkpointer, WorkdirLock
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -86,7 +87,7 @@ def test_a_run_whose_lock_is_deleted_stops_with_a_checkpoint(tiny_run, tmp_path,
     # Deleted after the first resumed step (19, not a step that saves by itself).
     _after_steps(monkeypatch, 1, lambda: os.remove(workdir / LOCK_NAME))
     with pytest.raises(workdir_lock.LockLost) as info:
-        loop.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(from_config_dict(config), str(workdir))
     assert info.value.resumable
     assert "was deleted" in str(info.value) and "step 19" in str(info.value)
     assert _steps(workdir)[-1] == 19
@@ -112,7 +113,7 @@ def test_a_run_whose_lock_was_taken_by_another_run_stops_without_writing(
     _after_steps(monkeypatch, 1, second_run_starts)
     try:
         with pytest.raises(workdir_lock.LockLost) as info:
-            loop.train_and_evaluate(config, str(workdir))
+            loop.train_and_evaluate(from_config_dict(config), str(workdir))
         records_after = [r["step"] for r in read_records(str(workdir / "metrics.jsonl"))]
     finally:
         other.release()
@@ -142,7 +143,7 @@ def test_deleting_the_lock_of_a_running_run_exits_75_and_the_rerun_finishes(tiny
     finally:
         if first.poll() is None:
             first.send_signal(signal.SIGKILL)
-    assert first.returncode == exit_codes.EXIT_PREEMPTED == 75, stderr
+    assert first.returncode == workdir_lock.EXIT_PREEMPTED == 75, stderr
     lines = [line for line in stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "was deleted" in lines[0]
     rerun = processes.run_main(["--workdir", str(workdir), *TINY_FLAGS], timeout=300)

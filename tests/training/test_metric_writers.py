@@ -1,6 +1,6 @@
 """Metric records: a line torn by a kill is dropped, on reading and when a run resumes."""
 
-from mcjax.training.metric_writers import MetricWriter, read_records
+from mcjax.training.metrics import MetricWriter, read_records
 
 
 def test_torn_non_utf8_last_line_of_metrics_is_tolerated(tmp_path):

@@ -21,10 +21,11 @@ import pytest
 
 from mcjax import export, models
 from mcjax.architectures import get_architecture
-from mcjax.training import run_outputs, workdir_lock
-from mcjax.training.checkpoint import Checkpointer
-from mcjax.training.metric_writers import MetricWriter, read_records
-from mcjax.training.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
+from mcjax.training import outputs as run_outputs
+from mcjax.training import workdir as workdir_lock
+from mcjax.training.config import from_config_dict
+from mcjax.training.metrics import MetricWriter, read_records
+from mcjax.training.workdir import LOCK_NAME, Checkpointer, WorkdirBusy, WorkdirLock
 
 VICTIM_TEXT = "someone else's data, which no run may change\n"
 
@@ -187,7 +188,7 @@ def test_a_resumed_run_writes_through_none_of_the_links_planted_in_its_workdir(
         if (workdir / name).exists():
             os.remove(workdir / name)
         _plant(workdir / name, victim)
-    summary = loop.train_and_evaluate(config, str(workdir))
+    summary = loop.train_and_evaluate(from_config_dict(config), str(workdir))
     assert victim.read_text() == VICTIM_TEXT
     assert summary["state_digest"] == digest
     for name in planted:

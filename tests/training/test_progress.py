@@ -2,7 +2,7 @@
 
 import io
 
-from mcjax.training import progress
+from mcjax.training import metrics as progress
 
 
 def test_speed_recovers_after_a_pause_and_eta_follows(monkeypatch):

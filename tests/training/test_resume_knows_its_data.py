@@ -19,8 +19,10 @@ import pytest
 
 from configs import digits
 from mcjax.data import sources
-from mcjax.training import loop, resume_rules, validation
-from mcjax.training.checkpoint import Checkpointer
+from mcjax.training import config as resume_rules
+from mcjax.training import config as validation
+from mcjax.training import loop
+from mcjax.training.workdir import Checkpointer
 
 
 def _copy_until(whole: pathlib.Path, workdir: pathlib.Path, last_step: int) -> None:
@@ -67,7 +69,7 @@ def test_a_resume_on_other_data_of_the_same_shape_is_refused(tiny_run, tmp_path,
     _copy_until(whole, workdir, 18)
     before = _hashes(workdir)
     with pytest.raises(validation.ConfigError) as info:
-        loop.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(resume_rules.from_config_dict(config), str(workdir))
     message = str(info.value)
     assert len(info.value.problems) == 1
     assert "not the data the checkpoint of step 18 was trained on" in message
@@ -85,7 +87,9 @@ def test_a_forced_resume_on_other_data_is_recorded_and_config_json_kept(
     checkpoints = Checkpointer(str(workdir))
     _, old_meta = checkpoints.restore(18, _abstract_state(config))
     checkpoints.close()
-    summary = loop.train_and_evaluate(config, str(workdir), force_resume=True)
+    summary = loop.train_and_evaluate(
+        resume_rules.from_config_dict(config), str(workdir), force_resume=True
+    )
     assert (workdir / "config.json").read_bytes() == config_json  # the run's start, kept
     (record,) = [json.loads(line) for line in (workdir / "resume_log.jsonl").open()]
     assert record["step"] == 18 and record["forced"] is True
@@ -100,10 +104,11 @@ def test_a_forced_resume_on_other_data_is_recorded_and_config_json_kept(
 def _abstract_state(config):
     import jax
 
-    from mcjax.training import from_config, steps
+    from mcjax.training import steps
 
-    net = from_config.network(config)
-    tx = from_config.optimizer(config, from_config.schedule(config, 1437))
+    typed = resume_rules.from_config_dict(config)
+    net = typed.model.network(typed.data)
+    tx = typed.schedule.optimizer(typed.schedule.phases(1437))
     return jax.eval_shape(lambda: steps.create_state(net, tx, jax.random.key(0)))
 
 

@@ -16,8 +16,10 @@ from support import tiny, workdirs
 
 from configs import digits
 from mcjax import masks
-from mcjax.training import loop, resume_rules, validation
-from mcjax.training.checkpoint import Checkpointer, CheckpointMismatch
+from mcjax.training import config as resume_rules
+from mcjax.training import config as validation
+from mcjax.training import loop
+from mcjax.training.workdir import Checkpointer, CheckpointMismatch
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,9 @@ def test_forced_resume_past_phase_one_freezes_exactly_once(tiny_run, tmp_path):
     assert not bool(at_stop.masks_frozen)
     config = tiny.digits_config()
     config.phase_epochs = (0.02, 0.03, 0.02, 0.02)  # 4, 5, 4, 4 steps: step 6 is phase 2
-    summary = loop.train_and_evaluate(config, str(workdir), force_resume=True)
+    summary = loop.train_and_evaluate(
+        resume_rules.from_config_dict(config), str(workdir), force_resume=True
+    )
     assert summary["steps"] == 17
     fan_in = config.model.fan_in
     expected = np.asarray(masks.top_k(at_stop.params["masks"], fan_in))
@@ -77,7 +81,11 @@ def test_forced_resume_into_another_shape_leaves_the_workdir_byte_identical(
     before = workdirs.hashes(workdir)
     config = tiny.digits_config(arch="11,4,4")  # bottleneck width 4 instead of 2
     with pytest.raises(CheckpointMismatch, match=r"step 12 .* does not fit"):
-        loop.train_and_evaluate(config, str(workdir), force_resume=not without_config_json)
+        loop.train_and_evaluate(
+            resume_rules.from_config_dict(config),
+            str(workdir),
+            force_resume=not without_config_json,
+        )
     assert workdirs.hashes(workdir) == before
     assert not (workdir / "corrupt_checkpoints").exists()
 
@@ -94,7 +102,7 @@ def test_another_seed_on_resume_is_refused(tiny_run, tmp_path):
     os.remove(workdir / "config.json")
     before = workdirs.hashes(workdir)
     with pytest.raises(validation.ConfigError, match=r"config\.seed is 1, .* step 12"):
-        loop.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(resume_rules.from_config_dict(config), str(workdir))
     assert workdirs.hashes(workdir) == before
 
 

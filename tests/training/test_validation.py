@@ -1,4 +1,4 @@
-"""Tests of mcjax.training.validation: up-front config checks and the resume guard."""
+"""Tests of mcjax.training.config: up-front config checks and the resume guard."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import ml_collections
 import pytest
 
 from configs import cifar10, cifar100, digits, imagenet, mini_imagenet
-from mcjax.training.resume_rules import check_workdir_matches
-from mcjax.training.validation import ConfigError, validate_config
+from mcjax.training.config import ConfigError, check_workdir_matches, from_config_dict
 
 _CONFIGS = {
     "digits": digits,
@@ -127,7 +126,7 @@ _BAD = [
 def test_bad_field_is_one_problem_naming_field_and_value(base, field, value, expected):
     config = _broken(field, value, base)
     with pytest.raises(ConfigError) as info:
-        validate_config(config)
+        from_config_dict(config)
     message = str(info.value)
     assert f"config.{field}" in message
     for text in expected or (repr(value),):
@@ -141,7 +140,7 @@ def test_bad_field_is_one_problem_naming_field_and_value(base, field, value, exp
 def test_batch_not_divisible_by_devices(field):
     config = _broken(field, 66)  # 64 and 256 are multiples of 4, 66 is not
     with pytest.raises(ConfigError) as info:
-        validate_config(config, num_devices=4)
+        from_config_dict(config, num_devices=4)
     message = str(info.value)
     assert info.value.problems == (message,)
     assert f"config.{field} is 66" in message and "num_devices = 4" in message
@@ -150,7 +149,7 @@ def test_batch_not_divisible_by_devices(field):
 
 def test_bad_num_devices():
     with pytest.raises(ConfigError, match="num_devices is 0"):
-        validate_config(digits.get_config(), num_devices=0)
+        from_config_dict(digits.get_config(), num_devices=0)
 
 
 def test_every_problem_reported_one_per_line():
@@ -158,7 +157,7 @@ def test_every_problem_reported_one_per_line():
     config.batch_size = 0
     config.model.connectivity = "dense"
     with pytest.raises(ConfigError) as info:
-        validate_config(config)
+        from_config_dict(config)
     lines = str(info.value).splitlines()
     assert len(lines) == len(info.value.problems) == 3
     for name in ("config.model.fan_in", "config.batch_size", "config.model.connectivity"):
@@ -172,11 +171,11 @@ def test_config_error_is_a_value_error():
 
 @pytest.mark.parametrize("name", sorted(_CONFIGS))
 def test_shipped_configs_are_valid(name):
-    validate_config(_CONFIGS[name].get_config())
+    from_config_dict(_CONFIGS[name].get_config())
 
 
 def test_imagenet_on_eight_devices_is_valid():
-    validate_config(imagenet.get_config(), num_devices=8)
+    from_config_dict(imagenet.get_config(), num_devices=8)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +200,7 @@ def test_valid_variations(changes):
     for field, value in changes.items():
         section, _, leaf = field.rpartition(".")
         setattr(config[section] if section else config, leaf, value)
-    validate_config(config)
+    from_config_dict(config)
 
 
 # ----------------------------------------------------------------------------- resume guard
@@ -278,4 +277,4 @@ def test_unreadable_previous_config_is_refused(tmp_path):
 @pytest.mark.parametrize("value", [-2, 1.5, "3"])
 def test_bad_nan_injection_step(value):
     with pytest.raises(ConfigError, match=r"config\.debug_inject_nan_at_step"):
-        validate_config(_broken("debug_inject_nan_at_step", value))
+        from_config_dict(_broken("debug_inject_nan_at_step", value))

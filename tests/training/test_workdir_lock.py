@@ -13,8 +13,8 @@ import pytest
 from support import REPO_ROOT, processes, tiny
 from support.entry_points import run_main
 
-from mcjax.training import exit_codes
-from mcjax.training.workdir_lock import LOCK_NAME, WorkdirBusy, WorkdirLock
+from mcjax.training import workdir as run_workdir
+from mcjax.training.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
@@ -32,7 +32,7 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from mcjax.training.workdir_lock import WorkdirLock; "
+            "import sys, time; from mcjax.training.workdir import WorkdirLock; "
             f"lock = WorkdirLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
             "time.sleep(600)",
         ],
@@ -73,7 +73,7 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
             assert first.poll() is None, first.communicate()[1]
             time.sleep(0.05)
         second = processes.run_main(["--workdir", str(workdir), *tiny.TINY_FLAGS])
-        assert second.returncode == exit_codes.EXIT_BAD_INPUT == 2, second.stderr
+        assert second.returncode == run_workdir.EXIT_BAD_INPUT == 2, second.stderr
         assert "Traceback" not in second.stderr and "FATAL" not in second.stderr
         lines = processes.message_lines(second.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), second.stderr
@@ -83,5 +83,5 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
         _, stderr = first.communicate(timeout=900)
     finally:
         first.kill()
-    assert first.returncode in (0, exit_codes.EXIT_PREEMPTED), stderr
+    assert first.returncode in (0, run_workdir.EXIT_PREEMPTED), stderr
     assert "Traceback" not in stderr

@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 
 from mcjax import costs, export, models, prune, safe_files
-from mcjax.training.metric_writers import read_records
+from mcjax.training.config import DataConfig
+from mcjax.training.metrics import read_records
 
 
 def state_digest(state) -> str:
@@ -60,16 +61,20 @@ def connectivity_record(net: models.Network, conn, real, live) -> dict:
     return record
 
 
-def finish(config, workdir, net, state, conn, data, final, *, wall_seconds, is_writer) -> dict:
+def finish(
+    data_config: DataConfig, workdir, net, state, conn, data, final, *, wall_seconds, is_writer
+) -> dict:
     """Prunes, writes ``connectivity.json``, the pruned model, figures and ``summary.json``.
 
-    ``conn`` is the connectivity the run evaluates with (``None`` for ``full``); ``final``
-    the last evaluation. Returns the summary (every process; only the writer writes).
+    ``data_config`` gives the images' size and channels (for the costs), ``data`` is the
+    run's input; ``conn`` is the connectivity the run evaluates with (``None`` for
+    ``full``); ``final`` the last evaluation. Returns the summary (every process; only the
+    writer writes).
     """
     pruned = prune.drop_dead_blocks(
         net, state.params, state.batch_stats, None if conn is None else np.asarray(conn)
     )
-    size, channels = int(config.data.image_size), int(config.data.channels)
+    size, channels = int(data_config.image_size), int(data_config.channels)
     kw = dict(
         image_size=size,
         in_channels=channels,

@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fan_in = 4  # K, 1 <= K <= C
     # "sum" is the paper's Eq. 2, but it grows the identity path up to K-fold per module:
     # at the paper's learning rate 0.1 our runs diverge in the first steps (digits: loss
-    # 267 at step 20, then chance). "mean" divides by K and trains; see the README.
+    # 267 at step 20, then chance). "mean" divides by K and trains; see docs/training.md.
     config.model.aggregation = "mean"  # mean | sum (the paper)
     config.model.branch_impl = "auto"  # auto | loop | grouped | vmap
     config.model.mask_init = 0.5
