@@ -23,8 +23,9 @@ from ml_collections import config_flags
 from mcjax import costs
 from mcjax.training import config as training_config
 
-# Found from the package, so that the command runs from any directory.
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "cifar100.py"
+# The packaged digits config (mcjax/configs/), as mcjax.main's: the command runs from any
+# directory, also after a plain `pip install`; other configs are given with --config.
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "digits.py"
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Config file.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mcjax import costs, export, models, prune, safe_files
+from mcjax import costs, models, prune, safe_files
 from mcjax.training.config import DataConfig
 from mcjax.training.metrics import read_records
 
@@ -108,12 +108,8 @@ def finish(
         return summary
     record = connectivity_record(net, conn, state.params.get("masks"), pruned.live)
     write_json(os.path.join(workdir, "connectivity.json"), record)
-    export.save(
+    pruned.save(
         os.path.join(workdir, "pruned_model"),
-        pruned.net,
-        pruned.params,
-        pruned.batch_stats,
-        pruned.connectivity,
         mean_image=data.mean_image,
         std=data.std,
         crop=data.crop,
