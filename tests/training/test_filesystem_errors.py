@@ -23,7 +23,7 @@ import sys
 import types
 
 import pytest
-from support import entry_points
+from support import entry_points, processes
 from support.tiny import TINY_FLAGS
 
 from mcjax.training import workdir as checkpoint
@@ -240,12 +240,9 @@ def test_a_full_tmpfs_is_one_line_and_the_run_resumes_once_there_is_space(tiny_r
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "mcjax.main", "--workdir", str(disk / "run"), *TINY_FLAGS]
+    args = ["--workdir", str(disk / "run"), *TINY_FLAGS]
     try:
-        full = subprocess.run(
-            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
+        full = processes.run_main(args, timeout=600)
         lines = [
             line for line in full.stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)
         ]
@@ -262,9 +259,7 @@ def test_a_full_tmpfs_is_one_line_and_the_run_resumes_once_there_is_space(tiny_r
         assert checkpoints.verify(manifested[-1])  # the last good checkpoint is intact
         checkpoints.close()
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        rerun = subprocess.run(
-            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
+        rerun = processes.run_main(args, timeout=600)
         assert rerun.returncode == 0, rerun.stderr
         assert f"state digest    {digest[:16]}" in rerun.stdout
     finally:
