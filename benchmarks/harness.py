@@ -12,12 +12,13 @@ same thing everywhere:
   Variants that need another process (another checkout of mcjax, other ``XLA_FLAGS``, other
   allocator settings, PyTorch) run in :class:`Worker` processes that the parent drives one
   step at a time;
-* **the allocator** (:func:`tune_malloc`): XLA:CPU allocates every large buffer of a step
-  afresh through glibc's ``malloc``, which maps buffers over 32 MiB (64 MiB in a thread's
-  arena) with ``mmap`` and unmaps them when freed, so each step page-faults its large buffers
-  in again: measured on the 2-core VM, a 64 MiB output written at 1.2-3 GB/s against 30-40
-  GB/s into a reused buffer. One arena, no ``mmap`` and no trimming keep the pages mapped;
-  every record says which allocator setting it ran under (``malloc``);
+* **the allocator** (:func:`tune_malloc`, the program's ``--host_malloc=tuned``): XLA:CPU
+  allocates every large buffer of a step afresh through glibc's ``malloc``, which maps
+  buffers over 32 MiB (64 MiB in a thread's arena) with ``mmap`` and unmaps them when freed,
+  so each step page-faults its large buffers in again: measured on the 2-core VM, a 64 MiB
+  output written at 1.2-3 GB/s against 30-40 GB/s into a reused buffer. One arena, no
+  ``mmap`` and no trimming keep the pages mapped; every record says which allocator setting
+  it ran under (``malloc``);
 * **a machine record** (:func:`machine_record`): versions, CPU, the cores the process may run
   on, threads, ``XLA_FLAGS``, the allocator setting and the load average before the run;
 * **memory**: the compiler's peak estimate for one call (:func:`compiled_peak`) and, for
@@ -32,7 +33,7 @@ and the parent of the workers needs neither.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import importlib.util
 import json
 import os
 import platform
@@ -48,28 +49,33 @@ ROOT = os.path.dirname(HERE)
 
 # --- The allocator ------------------------------------------------------------------------
 
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-# The same settings as an environment variable, for a process started from outside.
-MALLOC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
-)
+
+def _host_memory():
+    """This checkout's ``mcjax/training/host_memory.py``, loaded from its file: the program's
+    own allocator setting, applied alike to workers of any checkout (the "before" code has
+    no such module)."""
+    path = os.path.join(ROOT, "mcjax", "training", "host_memory.py")
+    spec = importlib.util.spec_from_file_location("_mcjax_host_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_HOST_MEMORY = _host_memory()
+# The setting for a process started from outside (``GLIBC_TUNABLES=...``).
+MALLOC_TUNABLES = _HOST_MEMORY.GLIBC_TUNABLES
 MALLOC_SETTINGS = ("default", "tuned")
 
 
 def tune_malloc() -> bool:
     """Keeps freed memory mapped for reuse: one arena, no ``mmap``, no trimming (glibc).
 
-    Must run before JAX starts its thread pools (before the first computation), since a
-    thread keeps the arena it first allocated from. Returns False where it cannot apply
-    (not glibc). The process's memory then never shrinks: it holds its high-water mark.
+    ``mcjax.training.host_memory.keep_freed_memory_mapped``, what ``python -m mcjax.main``
+    does on CPU. Must run before JAX starts its thread pools (before the first computation),
+    since a thread keeps the arena it first allocated from. Returns False where it cannot
+    apply (not glibc). The process's memory then never shrinks: it holds its high-water mark.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31))
-    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+    return _HOST_MEMORY.keep_freed_memory_mapped()
 
 
 def malloc_setting() -> str:

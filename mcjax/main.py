@@ -48,7 +48,7 @@ from ml_collections import config_flags
 
 from mcjax.data import sources
 from mcjax.training import config as training_config
-from mcjax.training import distributed, loop, outputs
+from mcjax.training import distributed, host_memory, loop, outputs
 from mcjax.training import workdir as workdir_lib
 
 # A value echoed in an error line is cut to this many characters (a 100,000-character
@@ -123,6 +123,14 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+_HOST_MALLOC = flags.DEFINE_enum(
+    "host_malloc",
+    "auto",
+    list(host_memory.SETTINGS),
+    "The host allocator: tuned keeps freed memory mapped for the next step (glibc; a CPU "
+    "step ran 1.3x faster, the process keeps its high-water mark), default leaves glibc's "
+    "defaults, auto is tuned on CPU (JAX_PLATFORMS=cpu or no accelerator plugin installed).",
+)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -281,6 +289,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    # First of all: JAX's thread pools must find the allocator set (mcjax.training.host_memory).
+    kept_mapped = host_memory.apply(_HOST_MALLOC.value)
     config_dict = _CONFIG.value
     workdir = (
         os.path.join("runs", str(config_dict.data.name))
@@ -308,6 +318,11 @@ def main(argv):
     except training_config.ConfigError as error:
         _fail_all(error.problems)
     logging.info("workdir %s", workdir)
+    logging.info(
+        "host allocator: %s (--host_malloc=%s)",
+        "freed memory kept mapped" if kept_mapped else "glibc's defaults",
+        _HOST_MALLOC.value,
+    )
     workdir_lib.quiet_failed_saves(logging.get_absl_handler())
     try:
         summary = loop.train_and_evaluate(config, workdir, force_resume=_FORCE_RESUME.value)

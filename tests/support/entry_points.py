@@ -6,7 +6,10 @@ an error becomes an exit status and a sentence are all the command's own. Two th
 differ from a process, and only in absl's plumbing: ``absl.app.run`` is replaced by a
 plain "parse the flags, call main" (absl allows its flag registration once per
 process), and the flags a run defines are removed again afterwards (absl's flags are
-global, and the next run defines them anew).
+global, and the next run defines them anew). And the program's allocator setting
+(``--host_malloc``) is recorded in :data:`HOST_MALLOC_CALLS`, not applied: the test
+process's allocator is not the command's to change (tests/training/test_host_memory.py
+applies it in processes of their own).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from unittest import mock
 from absl import app, flags
 from absl import logging as absl_logging
 
+from mcjax.training import host_memory
 from support import REPO_ROOT
 from support.processes import message_lines
 
@@ -57,6 +61,15 @@ def _app_run(main, argv=None, flags_parser=app.parse_flags_with_usage):
         sys.exit(main(args))
     except app.UsageError as error:
         app.usage(shorthelp=True, detailed_error=error, exitcode=error.exitcode)
+
+
+# One entry per run that asked for freed memory to be kept mapped (--host_malloc).
+HOST_MALLOC_CALLS: list[str] = []
+
+
+def _record_host_malloc() -> bool:
+    HOST_MALLOC_CALLS.append("keep_freed_memory_mapped")
+    return False
 
 
 def _is_entry_flag(name: str) -> bool:
@@ -115,6 +128,7 @@ def run_module(module: str, args: Sequence[str] = (), *, cwd=REPO_ROOT) -> Outco
             # A program that ends itself at once (mcjax.main does, when a library thread
             # would keep a failed run alive) must not end the test process with it.
             mock.patch.object(os, "_exit", _exit_as_system_exit),
+            mock.patch.object(host_memory, "keep_freed_memory_mapped", _record_host_malloc),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
             warnings.catch_warnings(),
