@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,7 +37,7 @@ print(json.dumps({{"tuned": tuned, "faults": faults}}))
 
 
 def _fault_rounds(tuned: bool) -> dict:
-    path = host_memory.__file__.rsplit("/", 1)[0]
+    path = os.path.dirname(host_memory.__file__)
     script = _FAULTS.format(path=path, tuned=tuned)
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
